@@ -1,0 +1,18 @@
+// The pybind11 boundary of the CPU extension fastopt._C. Each kernel family binds its own
+// functions; this file only gathers them.
+#include <omp.h>
+
+#include "cpu/cpu_common.h"
+
+namespace fastopt {
+void bind_optim(py::module_& m);
+void bind_stream(py::module_& m);
+}  // namespace fastopt
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastopt CPU kernels (C++/OpenMP); use the public fastopt API instead";
+  m.def("simd_level", &fastopt::simd_level, "Instruction set chosen at run time.");
+  m.def("num_threads", [] { return omp_get_max_threads(); }, "OpenMP threads a kernel uses.");
+  fastopt::bind_optim(m);
+  fastopt::bind_stream(m);
+}

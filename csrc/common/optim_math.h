@@ -1,0 +1,77 @@
+// The math of one element of each optimizer update (SPEC §2), apart from the loop over memory.
+// A is the arithmetic type (float for float32/16-bit storage, double for float64). Scalars are
+// computed in float64 on the host and rounded to A once, here.
+#pragma once
+#include "macros.h"
+
+namespace fastopt {
+
+// Order of the host scalars; must match fastopt._registry.OPTIM_SCALARS.
+enum OptimScalar { kLr, kWd, kGscale, kMomentum, kRho, kBeta1, kBeta2, kEps, kAlpha, kC, kDecay,
+                   kNumOptimScalars };
+
+template <class A>
+struct OptimCoef {
+  A lr, wd, gscale, momentum, rho, omrho, beta1, omb1, beta2, omb2, eps, alpha, c, decay;
+  FO_HD static OptimCoef make(const double* s) {
+    OptimCoef k;
+    k.lr = A(s[kLr]); k.wd = A(s[kWd]); k.gscale = A(s[kGscale]); k.momentum = A(s[kMomentum]);
+    k.rho = A(s[kRho]); k.omrho = A(1.0 - s[kRho]);
+    k.beta1 = A(s[kBeta1]); k.omb1 = A(1.0 - s[kBeta1]);
+    k.beta2 = A(s[kBeta2]); k.omb2 = A(1.0 - s[kBeta2]);
+    k.eps = A(s[kEps]); k.alpha = A(s[kAlpha]); k.c = A(s[kC]); k.decay = A(s[kDecay]);
+    return k;
+  }
+};
+
+// g <- s*g + wd*theta: clipping/loss scale and coupled (L2) weight decay, folded into the pass.
+template <class A>
+FO_HD FO_INLINE A effective_grad(A p, A g, const OptimCoef<A>& k) { return k.gscale * g + k.wd * p; }
+
+struct Sgd {
+  static constexpr int kStates = 0;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A&, A&, const OptimCoef<A>& k) {
+    p = p - k.lr * effective_grad(p, g, k);
+  }
+};
+
+// Heavy ball: v <- gamma v + g; theta <- theta - lr v. Nesterov steps along gamma v + g instead.
+template <bool Nesterov>
+struct Momentum {
+  static constexpr int kStates = 1;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A& v, A&, const OptimCoef<A>& k) {
+    const A gg = effective_grad(p, g, k);
+    v = k.momentum * v + gg;
+    p = p - k.lr * (Nesterov ? k.momentum * v + gg : v);
+  }
+};
+
+// The source document's RMSProp: v <- rho v + (1-rho) g^2; m <- gamma m + lr g / sqrt(v + eps).
+struct RmsProp {
+  static constexpr int kStates = 2;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A& v, A& m, const OptimCoef<A>& k) {
+    const A gg = effective_grad(p, g, k);
+    v = k.rho * v + k.omrho * (gg * gg);
+    m = k.momentum * m + k.lr * gg / fo_sqrt(v + k.eps);
+    p = p - m;
+  }
+};
+
+// Adam family: theta <- decay theta - alpha m_eff / (sqrt(v)/c + eps); see fastopt/_reference.
+template <bool Nadam>
+struct Adam {
+  static constexpr int kStates = 2;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A& m, A& v, const OptimCoef<A>& k) {
+    const A gg = effective_grad(p, g, k);
+    m = k.beta1 * m + k.omb1 * gg;
+    v = k.beta2 * v + k.omb2 * (gg * gg);
+    const A mm = Nadam ? k.beta1 * m + k.omb1 * gg : m;
+    p = k.decay * p - k.alpha * mm / (fo_sqrt(v) / k.c + k.eps);
+  }
+};
+
+}  // namespace fastopt

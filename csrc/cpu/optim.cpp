@@ -1,0 +1,102 @@
+// Fused optimizer updates on the CPU: one call for the whole list of arrays.
+#include <stdexcept>
+
+#include "common/optim_math.h"
+#include "cpu_common.h"
+
+namespace fastopt {
+namespace {
+
+template <class R, class T>
+FO_INLINE void update_loop(T* __restrict p, const T* __restrict g, T* __restrict s1,
+                           T* __restrict s2, int64_t n, const OptimCoef<T>& k) {
+  if constexpr (R::kStates == 0) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T pi = p[i], a = 0, b = 0;
+      R::apply(pi, g[i], a, b, k);
+      p[i] = pi;
+    }
+  } else if constexpr (R::kStates == 1) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T pi = p[i], a = s1[i], b = 0;
+      R::apply(pi, g[i], a, b, k);
+      p[i] = pi; s1[i] = a;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      T pi = p[i], a = s1[i], b = s2[i];
+      R::apply(pi, g[i], a, b, k);
+      p[i] = pi; s1[i] = a; s2[i] = b;
+    }
+  }
+}
+
+template <class R, class T>
+FO_TARGET_AVX2 void update_avx2(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
+  update_loop<R, T>(p, g, s1, s2, n, k);
+}
+template <class R, class T>
+void update_base(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
+  update_loop<R, T>(p, g, s1, s2, n, k);
+}
+
+template <class R, class T>
+void run(const py::list& params, const py::list& grads, const py::list& states,
+         const std::vector<double>& scalars) {
+  std::vector<int64_t> sizes;
+  auto P = array_pointers<T>(params, "params", true, &sizes);
+  auto G = array_pointers<T>(grads, "grads", false);
+  if (G.size() != P.size()) throw py::value_error("grads and params differ in length");
+  if (int(states.size()) != R::kStates) throw py::value_error("wrong number of state lists");
+  std::vector<std::vector<T*>> S;
+  for (int s = 0; s < R::kStates; ++s) {
+    S.push_back(array_pointers<T>(states[s].cast<py::list>(), "state", true));
+    if (S.back().size() != P.size()) throw py::value_error("state and params differ in length");
+  }
+  if (scalars.size() != kNumOptimScalars) throw py::value_error("wrong number of scalars");
+  const auto k = OptimCoef<T>::make(scalars.data());
+  auto fn = cpu_has_avx2() ? &update_avx2<R, T> : &update_base<R, T>;
+  int64_t total = 0;
+  for (auto n : sizes) total += n;
+  const auto chunks = make_chunks(sizes, kCpuChunk);
+  py::gil_scoped_release nogil;
+  parallel_chunks(chunks, total, [&](const Chunk& c) {
+    const int64_t b = c.begin, a = c.array;
+    fn(P[a] + b, G[a] + b, R::kStates > 0 ? S[0][a] + b : nullptr,
+       R::kStates > 1 ? S[1][a] + b : nullptr, c.end - b, k);
+  });
+}
+
+template <class R>
+void run_dtype(const py::list& params, const py::list& grads, const py::list& states,
+               const std::vector<double>& scalars) {
+  if (params.size() == 0) return;
+  auto first = py::reinterpret_borrow<py::array>(params[0]);
+  if (first.dtype().equal(py::dtype::of<float>())) return run<R, float>(params, grads, states, scalars);
+  if (first.dtype().equal(py::dtype::of<double>())) return run<R, double>(params, grads, states, scalars);
+  throw py::type_error("params must be float32 or float64");
+}
+
+void optim_update(const std::string& rule, const py::list& params, const py::list& grads,
+                  const py::list& states, const std::vector<double>& scalars) {
+  if (rule == "sgd") return run_dtype<Sgd>(params, grads, states, scalars);
+  if (rule == "momentum") return run_dtype<Momentum<false>>(params, grads, states, scalars);
+  if (rule == "nesterov") return run_dtype<Momentum<true>>(params, grads, states, scalars);
+  if (rule == "rmsprop") return run_dtype<RmsProp>(params, grads, states, scalars);
+  if (rule == "adam" || rule == "adamw") return run_dtype<Adam<false>>(params, grads, states, scalars);
+  if (rule == "nadam") return run_dtype<Adam<true>>(params, grads, states, scalars);
+  throw py::value_error("unknown optimizer rule: " + rule);
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  m.def("optim_update", &optim_update, py::arg("rule"), py::arg("params"), py::arg("grads"),
+        py::arg("states"), py::arg("scalars"),
+        "Fused in-place optimizer update over lists of arrays (one call, GIL released).");
+}
+
+}  // namespace fastopt

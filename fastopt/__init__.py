@@ -1,0 +1,12 @@
+"""fastopt: fused optimizer updates, deterministic gradient norms, scrambled Halton sequences.
+
+Native kernels (C++/OpenMP, CUDA) with Numba fallbacks, each checked against a NumPy reference.
+"""
+from . import functional, schedules
+from ._dispatch import available_backends as backends
+from .optim import SGD, Adam, AdamW, Momentum, NAdam, Nesterov, Optimizer, RMSProp, StepResult
+
+__version__ = "0.1.0"
+
+__all__ = ["backends", "functional", "schedules", "Optimizer", "StepResult", "SGD", "Momentum",
+           "Nesterov", "RMSProp", "Adam", "AdamW", "NAdam"]

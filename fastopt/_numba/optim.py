@@ -1,0 +1,72 @@
+"""Numba optimizer kernels: the same per-element math and order as csrc/common/optim_math.h."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._registry import OPTIM_KERNEL
+
+_JIT = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+
+
+@njit(**_JIT)
+def _sgd(p, g, lr, wd, gs):
+    for i in prange(p.size):
+        gg = gs * g[i] + wd * p[i]
+        p[i] = p[i] - lr * gg
+
+
+@njit(**_JIT)
+def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
+    for i in prange(p.size):
+        gg = gs * g[i] + wd * p[i]
+        vi = mom * v[i] + gg
+        v[i] = vi
+        if nesterov:
+            p[i] = p[i] - lr * (mom * vi + gg)
+        else:
+            p[i] = p[i] - lr * vi
+
+
+@njit(**_JIT)
+def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps):
+    for i in prange(p.size):
+        gg = gs * g[i] + wd * p[i]
+        vi = rho * v[i] + omrho * (gg * gg)
+        v[i] = vi
+        mi = mom * m[i] + lr * gg / np.sqrt(vi + eps)
+        m[i] = mi
+        p[i] = p[i] - mi
+
+
+@njit(**_JIT)
+def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
+    for i in prange(p.size):
+        gg = gs * g[i] + wd * p[i]
+        mi = b1 * m[i] + omb1 * gg
+        vi = b2 * v[i] + omb2 * (gg * gg)
+        m[i] = mi
+        v[i] = vi
+        if nadam:
+            mi = b1 * mi + omb1 * gg
+        p[i] = decay * p[i] - alpha * mi / (np.sqrt(vi) / c + eps)
+
+
+def optim_update(rule, params, grads, states, k):
+    if not params:
+        return
+    T = params[0].dtype.type  # scalars rounded to the storage dtype once, as in C++
+    lr, wd, gs, mom = T(k.lr), T(k.wd), T(k.gscale), T(k.momentum)
+    rule = OPTIM_KERNEL[rule]
+    for i, p in enumerate(params):
+        p, g = p.reshape(-1), grads[i].reshape(-1)
+        s = [st[i].reshape(-1) for st in states]
+        if rule == "sgd":
+            _sgd(p, g, lr, wd, gs)
+        elif rule in ("momentum", "nesterov"):
+            _momentum(p, g, s[0], lr, wd, gs, mom, rule == "nesterov")
+        elif rule == "rmsprop":
+            _rmsprop(p, g, s[0], s[1], lr, wd, gs, mom, T(k.rho), T(1.0 - k.rho), T(k.eps))
+        else:
+            _adam(p, g, s[0], s[1], wd, gs, T(k.beta1), T(1.0 - k.beta1), T(k.beta2),
+                  T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay), rule == "nadam")

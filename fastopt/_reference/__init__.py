@@ -1,0 +1,5 @@
+"""The NumPy reference backend: plain NumPy written to read like the spec, slow on purpose.
+
+Every other backend is tested against these functions element by element.
+"""
+from .optim import optim_update  # noqa: F401

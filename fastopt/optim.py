@@ -1,0 +1,202 @@
+r"""Optimizers: fused single-pass updates over any number of arrays, updated in place.
+
+Each class keeps its state (NumPy arrays) and the step counter t; ``step(grads)`` applies the
+rule of ``fastopt.functional`` with eta_t = lr(t) in one native call. Every optimizer takes
+``weight_decay`` (coupled L2, g <- g + lambda theta; decoupled for AdamW), and a ``backend``.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+
+import numpy as np
+
+from . import functional as F
+from ._registry import OPTIM_STATE
+from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, integer,
+                        real)
+from .schedules import as_schedule
+
+__all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
+           "NAdam"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one ``step`` did: the unclipped gradient norm (None when not computed), whether the
+    gradients were scaled down, whether the step was skipped, and the learning rate used."""
+    grad_norm: float | None
+    clipped: bool
+    skipped: bool
+    lr: float
+
+
+class Optimizer:
+    """Base class; use the concrete optimizers below."""
+
+    rule = ""
+
+    def __init__(self, params, lr, *, backend=None, **hyper):
+        self.params = as_list(params, "params")
+        check_float_arrays(self.params, "params", writable=True)
+        check_no_overlap({"params": self.params})
+        self.lr = as_schedule(lr)
+        self.hyper = F.check_hyper(self.rule, **hyper)
+        self.backend = backend
+        self.state = F.init_state(self.rule, self.params)
+        self.step_count = 0
+        # Params and state never move: remember their byte ranges once, so each step only has
+        # to place the gradients among them (bisect) instead of re-sorting everything.
+        spans = []
+        for a in self._written():
+            if a.nbytes:
+                s = a.__array_interface__["data"][0]
+                spans.append((s, s + a.nbytes))
+        spans.sort()
+        self._starts = [s for s, _ in spans]
+        self._ends = [e for _, e in spans]
+
+    def _written(self):
+        yield from self.params
+        for arrays in self.state.values():
+            yield from arrays
+
+    def _states(self):
+        return [self.state[name] for name, _ in OPTIM_STATE[self.rule]]
+
+    def _check_grads(self, grads) -> list:
+        grads = as_list(grads, "grads")
+        check_float_arrays(grads, "grads", writable=False)
+        check_matching(self.params, "params", grads, "grads")
+        for i, p in enumerate(self.params):
+            if not p.flags.writeable:
+                raise ValueError(f"params[{i}] became read-only")
+        starts, ends = self._starts, self._ends
+        for i, g in enumerate(grads):
+            if not g.nbytes:
+                continue
+            s = g.__array_interface__["data"][0]
+            j = bisect.bisect_right(starts, s + g.nbytes - 1) - 1
+            if j >= 0 and ends[j] > s:
+                raise ValueError(f"grads[{i}] shares memory with a parameter or state array; "
+                                 "arrays that are written must not overlap any other array")
+        return grads
+
+    def lr_at(self, t: int) -> float:
+        """eta_t, checked (a schedule returning a negative or non-finite rate is an error)."""
+        return real(self.lr(t), f"lr({t})", lo=0)
+
+    def step(self, grads) -> StepResult:
+        """Apply one update in place with ``grads`` (same structure as params)."""
+        grads = self._check_grads(grads)
+        t = self.step_count
+        lr = self.lr_at(t)
+        k = F.scalars(self.rule, lr=lr, step=t, **self.hyper)
+        F.run(self.rule, self.params, grads, self._states(), k, self.backend)
+        self.step_count = t + 1
+        return StepResult(grad_norm=None, clipped=False, skipped=False, lr=lr)
+
+    # -- checkpoints: a flat dict of NumPy arrays and scalars, so numpy.savez stores it -------
+    def state_dict(self) -> dict:
+        """{'optimizer': rule, 'step': t, '<state>.<i>': array}; copies, safe to keep."""
+        sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
+        for name, arrays in self.state.items():
+            for i, a in enumerate(arrays):
+                sd[f"{name}.{i}"] = a.copy()
+        return sd
+
+    def load_state_dict(self, sd) -> None:
+        """Restore ``state_dict()`` output (e.g. from numpy.load); refuses any mismatch whole."""
+        if not hasattr(sd, "keys"):
+            raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
+        expected = {"optimizer", "step"} | {f"{n}.{i}" for n, arrays in self.state.items()
+                                            for i in range(len(arrays))}
+        keys = set(sd.keys())
+        if keys != expected:
+            missing, extra = sorted(expected - keys), sorted(keys - expected)
+            raise ValueError(f"state dict keys do not match this optimizer: missing {missing}, "
+                             f"unexpected {extra}")
+        rule = str(np.asarray(sd["optimizer"]))
+        if rule != self.rule:
+            raise ValueError(f"state dict is for optimizer {rule!r}, not {self.rule!r}")
+        step = integer(np.asarray(sd["step"]).item(), "state dict 'step'", lo=0)
+        for name, arrays in self.state.items():
+            for i, a in enumerate(arrays):
+                v = np.asarray(sd[f"{name}.{i}"])
+                if v.shape != a.shape or v.dtype != a.dtype:
+                    raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
+                                     f"{v.dtype}; expected {a.shape} and {a.dtype}")
+        for name, arrays in self.state.items():
+            for i, a in enumerate(arrays):
+                np.copyto(a, sd[f"{name}.{i}"])
+        self.step_count = step
+
+    def __repr__(self):
+        h = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        return f"{type(self).__name__}({len(self.params)} arrays, lr={self.lr!r}, {h})"
+
+
+class SGD(Optimizer):
+    r"""theta <- theta - eta_t (g + lambda theta)."""
+    rule = "sgd"
+
+    def __init__(self, params, lr, *, weight_decay=0.0, backend=None):
+        super().__init__(params, lr, weight_decay=weight_decay, backend=backend)
+
+
+class Momentum(Optimizer):
+    r"""Heavy ball: v <- gamma v + g; theta <- theta - eta_t v (v starts at 0)."""
+    rule = "momentum"
+
+    def __init__(self, params, lr, momentum=0.9, *, weight_decay=0.0, backend=None):
+        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend)
+
+
+class Nesterov(Momentum):
+    r"""v <- gamma v + g; theta <- theta - eta_t (gamma v + g)."""
+    rule = "nesterov"
+
+
+class RMSProp(Optimizer):
+    r"""v <- rho v + (1-rho) g^2 (v starts at 1); m <- gamma m + eta_t g / sqrt(v + eps);
+    theta <- theta - m."""
+    rule = "rmsprop"
+
+    def __init__(self, params, lr, rho=0.9, momentum=0.0, eps=1e-8, *, weight_decay=0.0,
+                 backend=None):
+        super().__init__(params, lr, rho=rho, momentum=momentum, eps=eps,
+                         weight_decay=weight_decay, backend=backend)
+
+
+class Adam(Optimizer):
+    r"""m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
+    theta <- theta - eta_t b m / (sqrt(v) + eps), b = sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)).
+
+    ``torch_compat=True``: theta <- theta - eta_t m_hat / (sqrt(v_hat) + eps), as torch.optim.Adam
+    (eps then acts after bias correction).
+    """
+    rule = "adam"
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 torch_compat=False, backend=None):
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                         torch_compat=torch_compat, backend=backend)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay: theta <- theta - eta_t lambda theta_old - (Adam step)."""
+    rule = "adamw"
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
+                 torch_compat=False, backend=None):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay, torch_compat, backend)
+
+
+class NAdam(Optimizer):
+    r"""Adam with Nesterov momentum: theta <- theta - eta_t b (b1 m + (1-b1) g) / (sqrt(v) + eps)."""
+    rule = "nadam"
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 backend=None):
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                         backend=backend)
