@@ -35,9 +35,11 @@ def unavailable_reason(name: str) -> str | None:
                     "where a C++ compiler works: pip install --force-reinstall .")
         return None
     if name == "numba":
-        if importlib.util.find_spec("numba") is None:
-            return "numba is not installed (pip install numba)"
-        return None
+        try:
+            found = importlib.util.find_spec("numba") is not None
+        except (ImportError, ValueError):
+            found = False
+        return None if found else "numba is not installed (pip install numba)"
     if name in ("cuda", "numba-cuda"):
         try:
             mod = importlib.import_module(_MODULES[name])

@@ -1,0 +1,153 @@
+"""SPEC §6 as a table: input -> exception type -> message pattern; nothing is ever written."""
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import functional as F
+
+from conftest import snapshot
+
+
+def setup(n=5):
+    p = [np.arange(n, dtype=np.float32), np.ones(3, np.float32)]
+    g = [np.full(n, 0.5, np.float32), np.ones(3, np.float32)]
+    return p, g
+
+
+def readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+# (name, make(p, g) -> grads to pass, exception, pattern): the optimizer is built on p.
+STEP_CASES = [
+    ("float64 grad for float32 param", lambda p, g: [g[0].astype(np.float64), g[1]], TypeError,
+     r"grads\[0\] has dtype float64"),
+    ("fewer grads", lambda p, g: g[:1], ValueError, r"grads has 1 arrays but params has 2"),
+    ("shape", lambda p, g: [g[0][:-1], g[1]], ValueError, r"grads\[0\] has shape"),
+    ("non-contiguous grad", lambda p, g: [np.ones(10, np.float32)[::2], g[1]], ValueError,
+     r"grads\[0\] is not C-contiguous"),
+    ("grad is the param", lambda p, g: [p[0], g[1]], ValueError, r"grads\[0\] shares memory"),
+    ("grad overlaps state", None, ValueError, r"shares memory"),
+    ("int grad", lambda p, g: [g[0].astype(np.int32), g[1]], TypeError, r"grads\[0\] has dtype"),
+    ("not an array", lambda p, g: [list(g[0]), g[1]], TypeError, r"grads\[0\] must be a numpy"),
+    ("not a list", lambda p, g: 3.0, TypeError, r"grads must be an array or a list"),
+]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
+@pytest.mark.parametrize("name,make,exc,pattern", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_step_rejects_and_writes_nothing(name, make, exc, pattern, backend):
+    if fastopt._dispatch.unavailable_reason(backend):
+        pytest.skip(fastopt._dispatch.unavailable_reason(backend))
+    p, g = setup()
+    opt = fastopt.Adam(p, 0.1, backend=backend)
+    opt.step(g)
+    grads = [opt.state["m"][0], g[1]] if make is None else make(p, g)
+    before = snapshot(p) + snapshot(opt.state["m"] + opt.state["v"])
+    with pytest.raises(exc, match=pattern):
+        opt.step(grads)
+    assert snapshot(p) + snapshot(opt.state["m"] + opt.state["v"]) == before
+    assert opt.step_count == 1
+
+
+CTOR_CASES = [
+    ("read-only param", lambda: ([readonly(np.ones(3, np.float32))], {}), ValueError,
+     r"params\[0\] is read-only"),
+    ("non-contiguous param", lambda: ([np.ones((4, 4), np.float32)[:, 1]], {}), ValueError,
+     r"params\[0\] is not C-contiguous"),
+    ("aliased params", lambda: ([np.ones(8)[:4], np.ones(8)], {}), None, None),
+    ("same array twice", None, ValueError, r"params\[1\] shares memory with params\[0\]"),
+    ("float16 param", lambda: ([np.ones(3, np.float16)], {}), TypeError,
+     r"params\[0\] has dtype float16"),
+    ("beta1 = 1", lambda: ([np.ones(3)], {"beta1": 1.0}), ValueError, r"beta1 must be"),
+    ("beta2 < 0", lambda: ([np.ones(3)], {"beta2": -0.1}), ValueError, r"beta2 must be"),
+    ("eps < 0", lambda: ([np.ones(3)], {"eps": -1.0}), ValueError, r"eps must be"),
+    ("lr < 0", lambda: ([np.ones(3)], {"lr": -1e-3}), ValueError, r"lr must be"),
+    ("lr nan", lambda: ([np.ones(3)], {"lr": float("nan")}), ValueError, r"lr must be"),
+    ("lr str", lambda: ([np.ones(3)], {"lr": "0.1"}), TypeError, r"lr must be a real number"),
+    ("weight_decay < 0", lambda: ([np.ones(3)], {"weight_decay": -1}), ValueError,
+     r"weight_decay must be"),
+    ("unknown backend", lambda: ([np.ones(3)], {"backend": "fortran"}), ValueError,
+     r"backend='fortran' is unknown"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,pattern", CTOR_CASES, ids=[c[0] for c in CTOR_CASES])
+def test_constructor_rejects(name, make, exc, pattern):
+    if name == "same array twice":
+        a = np.ones(3)
+        with pytest.raises(exc, match=pattern):
+            fastopt.Adam([a, a], 0.1)
+        return
+    params, kw = make()
+    kw = {"lr": 0.1, **kw}
+    backend = kw.pop("backend", None)
+    if exc is None:  # disjoint views of one buffer are fine
+        fastopt.Adam(params, backend=backend, **kw)
+        return
+    with pytest.raises(exc, match=pattern):
+        opt = fastopt.Adam(params, backend=backend, **kw)
+        opt.step([np.ones_like(p) for p in params])  # backend errors surface at the first step
+
+
+def test_hyperparameters_per_optimizer():
+    p = [np.ones(3)]
+    with pytest.raises(ValueError, match="momentum must be"):
+        fastopt.Momentum(p, 0.1, momentum=-0.5)
+    with pytest.raises(ValueError, match="rho must be"):
+        fastopt.RMSProp(p, 0.1, rho=1.0)
+    with pytest.raises(ValueError, match="torch_compat applies to adam"):
+        F.update("nadam", p, [np.ones(3)], F.init_state("nadam", p), step=0, lr=0.1,
+                 torch_compat=True)
+
+
+def test_schedule_returning_negative_lr_writes_nothing():
+    p = np.ones(4)
+    opt = fastopt.SGD(p, lambda t: 0.1 if t == 0 else -0.1)
+    opt.step(np.ones(4))
+    before = p.copy()
+    with pytest.raises(ValueError, match=r"lr\(1\) must be"):
+        opt.step(np.ones(4))
+    assert np.array_equal(p, before) and opt.step_count == 1
+
+
+def test_functional_rejects_and_writes_nothing():
+    p, g = setup()
+    st = F.init_state("momentum", p)
+    before = snapshot(p) + snapshot(st["v"])
+    cases = [
+        (dict(rule="lion"), ValueError, "rule must be one of"),
+        (dict(step=-1), ValueError, "step must be >= 0"),
+        (dict(step=1.5), TypeError, "step must be an integer"),
+        (dict(grad_scale=-1.0), ValueError, "grad_scale must be"),
+        (dict(state={"m": st["v"]}), ValueError, r"state for momentum must have keys \['v'\]"),
+        (dict(state={"v": [st["v"][0]]}), ValueError, r"state\['v'\] has 1 arrays"),
+        (dict(state={"v": [st["v"][0], p[1]]}), ValueError, "shares memory"),
+        (dict(state=[1]), TypeError, "state must be a dict"),
+    ]
+    for over, exc, pattern in cases:
+        kw = dict(rule="momentum", params=p, grads=g, state=st, step=0, lr=0.1)
+        kw.update(over)
+        with pytest.raises(exc, match=pattern):
+            F.update(kw.pop("rule"), kw.pop("params"), kw.pop("grads"), kw.pop("state"), **kw)
+        assert snapshot(p) + snapshot(st["v"]) == before
+
+
+def test_native_boundary_refuses_copies():
+    """The extension itself never converts: a wrong dtype or a view raises instead of copying."""
+    if fastopt._dispatch.unavailable_reason("cpp"):
+        pytest.skip("no C++ extension")
+    from fastopt import _C
+    k = [0.1, 0, 1, 0, 0, 0, 0, 0, 0.1, 1, 1]
+    p = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="wrong dtype"):
+        _C.optim_update("sgd", [p], [np.ones(4, np.float64)], [], k)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        _C.optim_update("sgd", [np.ones(8, np.float32)[::2]], [p], [], k)
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _C.optim_update("sgd", [ro], [p], [], k)
+    assert np.all(p == 1) and np.all(ro == 1)
