@@ -65,9 +65,29 @@ def check_matching(ref: list, ref_name: str, other: list, name: str):
             raise TypeError(f"{name}[{i}] has dtype {b.dtype} but {ref_name}[{i}] has {a.dtype}")
 
 
-def _span(a):
-    start = a.__array_interface__["data"][0]
-    return start, start + a.nbytes
+try:  # the extension reads data pointers ~50x faster than __array_interface__ (per array)
+    from ._C import data_addresses
+except ImportError:
+    def data_addresses(arrays):
+        return [a.__array_interface__["data"][0] for a in arrays]
+
+
+def check_like(ref: list, ref_name: str, other: list, name: str):
+    """``other`` are C-contiguous ndarrays matching ``ref`` item by item (read-only use).
+
+    One tight loop for the common case; anything unusual goes through the detailed checks,
+    which raise the precise error.
+    """
+    ok = len(other) == len(ref)
+    if ok:
+        for a, b in zip(ref, other):
+            if (type(b) is not np.ndarray or b.dtype is not a.dtype or b.shape != a.shape
+                    or not b.flags.c_contiguous):
+                ok = False
+                break
+    if not ok:
+        check_float_arrays(other, name, writable=False)
+        check_matching(ref, ref_name, other, name)
 
 
 def check_no_overlap(written: dict, read: dict | None = None):
@@ -80,10 +100,9 @@ def check_no_overlap(written: dict, read: dict | None = None):
     spans = []
     for flag, group in ((True, written), (False, read or {})):
         for name, arrays in group.items():
-            for i, a in enumerate(arrays):
+            for i, (a, s) in enumerate(zip(arrays, data_addresses(arrays))):
                 if a.nbytes:
-                    s, e = _span(a)
-                    spans.append((s, e, flag, name, i))
+                    spans.append((s, s + a.nbytes, flag, name, i))
     spans.sort(key=lambda t: t[0])
     end_written = end_any = -1
     last_written = last_any = None

@@ -6,15 +6,14 @@ rule of ``fastopt.functional`` with eta_t = lr(t) in one native call. Every opti
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 
 import numpy as np
 
 from . import functional as F
 from ._registry import OPTIM_STATE
-from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, integer,
-                        real)
+from ._validate import (as_list, check_float_arrays, check_like, check_no_overlap,
+                        data_addresses, integer, real)
 from .schedules import as_schedule
 
 __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
@@ -47,14 +46,11 @@ class Optimizer:
         self.step_count = 0
         # Params and state never move: remember their byte ranges once, so each step only has
         # to place the gradients among them (bisect) instead of re-sorting everything.
-        spans = []
-        for a in self._written():
-            if a.nbytes:
-                s = a.__array_interface__["data"][0]
-                spans.append((s, s + a.nbytes))
-        spans.sort()
-        self._starts = [s for s, _ in spans]
-        self._ends = [e for _, e in spans]
+        written = list(self._written())
+        spans = sorted((s, s + a.nbytes) for a, s in zip(written, data_addresses(written))
+                       if a.nbytes)
+        self._starts = np.array([s for s, _ in spans], np.int64)
+        self._ends = np.array([e for _, e in spans], np.int64)
 
     def _written(self):
         yield from self.params
@@ -66,18 +62,18 @@ class Optimizer:
 
     def _check_grads(self, grads) -> list:
         grads = as_list(grads, "grads")
-        check_float_arrays(grads, "grads", writable=False)
-        check_matching(self.params, "params", grads, "grads")
+        check_like(self.params, "params", grads, "grads")
         for i, p in enumerate(self.params):
             if not p.flags.writeable:
                 raise ValueError(f"params[{i}] became read-only")
-        starts, ends = self._starts, self._ends
-        for i, g in enumerate(grads):
-            if not g.nbytes:
-                continue
-            s = g.__array_interface__["data"][0]
-            j = bisect.bisect_right(starts, s + g.nbytes - 1) - 1
-            if j >= 0 and ends[j] > s:
+        if len(self._starts) and grads:
+            # place each gradient's byte range among the (sorted, disjoint) written ranges
+            start = np.array(data_addresses(grads), np.int64)
+            end = start + np.array([g.nbytes for g in grads], np.int64)
+            j = np.searchsorted(self._starts, end - 1, side="right") - 1
+            bad = (end > start) & (j >= 0) & (self._ends[np.maximum(j, 0)] > start)
+            if bad.any():
+                i = int(np.argmax(bad))
                 raise ValueError(f"grads[{i}] shares memory with a parameter or state array; "
                                  "arrays that are written must not overlap any other array")
         return grads
