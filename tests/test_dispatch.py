@@ -58,3 +58,11 @@ def test_import_needs_only_numpy(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['numpy'] []", out.stdout + out.stderr
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="only CI promises a compiler and numba")
+def test_ci_runs_the_native_backends():
+    """In CI the tests must exercise the installed extension, not a source tree without it."""
+    assert _dispatch.unavailable_reason("cpp") is None, _dispatch.unavailable_reason("cpp")
+    assert _dispatch.unavailable_reason("numba") is None
+    assert "site-packages" in fastopt.__file__, fastopt.__file__
