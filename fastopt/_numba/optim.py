@@ -6,17 +6,22 @@ from numba import njit, prange
 
 from .._registry import OPTIM_KERNEL
 
-_JIT = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+_JIT = dict(cache=True, fastmath=False, nogil=True)
+# Below this many elements a parallel launch costs more than it saves: run on this thread.
+SERIAL_BELOW = 1 << 16
 
 
-@njit(**_JIT)
+def _twins(fn):
+    """(parallel, serial) compilations of one kernel written with prange."""
+    return njit(parallel=True, **_JIT)(fn), njit(parallel=False, **_JIT)(fn)
+
+
 def _sgd(p, g, lr, wd, gs):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
         p[i] = p[i] - lr * gg
 
 
-@njit(**_JIT)
 def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
@@ -28,7 +33,6 @@ def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
             p[i] = p[i] - lr * vi
 
 
-@njit(**_JIT)
 def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
@@ -39,7 +43,6 @@ def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps):
         p[i] = p[i] - mi
 
 
-@njit(**_JIT)
 def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
@@ -52,6 +55,9 @@ def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
         p[i] = decay * p[i] - alpha * mi / (np.sqrt(vi) / c + eps)
 
 
+_SGD, _MOMENTUM, _RMSPROP, _ADAM = map(_twins, (_sgd, _momentum, _rmsprop, _adam))
+
+
 def optim_update(rule, params, grads, states, k):
     if not params:
         return
@@ -61,12 +67,15 @@ def optim_update(rule, params, grads, states, k):
     for i, p in enumerate(params):
         p, g = p.reshape(-1), grads[i].reshape(-1)
         s = [st[i].reshape(-1) for st in states]
+        serial = p.size < SERIAL_BELOW
         if rule == "sgd":
-            _sgd(p, g, lr, wd, gs)
+            _SGD[serial](p, g, lr, wd, gs)
         elif rule in ("momentum", "nesterov"):
-            _momentum(p, g, s[0], lr, wd, gs, mom, rule == "nesterov")
+            _MOMENTUM[serial](p, g, s[0], lr, wd, gs, mom, rule == "nesterov")
         elif rule == "rmsprop":
-            _rmsprop(p, g, s[0], s[1], lr, wd, gs, mom, T(k.rho), T(1.0 - k.rho), T(k.eps))
+            _RMSPROP[serial](p, g, s[0], s[1], lr, wd, gs, mom, T(k.rho), T(1.0 - k.rho),
+                             T(k.eps))
         else:
-            _adam(p, g, s[0], s[1], wd, gs, T(k.beta1), T(1.0 - k.beta1), T(k.beta2),
-                  T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay), rule == "nadam")
+            _ADAM[serial](p, g, s[0], s[1], wd, gs, T(k.beta1), T(1.0 - k.beta1), T(k.beta2),
+                          T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay),
+                          rule == "nadam")
