@@ -10,10 +10,13 @@ import time
 
 
 def interleaved(contenders: dict, *, repeats: int = 15, warmup: int = 2,
-                budget_s: float | None = None) -> dict:
+                budget_s: float | None = None, gap_s: float = 0.002) -> dict:
     """Median seconds per call of each zero-argument callable, measured round-robin.
 
     ``budget_s`` caps the wall time: repeats stop early (at least 3) once it is spent.
+    ``gap_s`` of idle time separates calls: OpenMP runtimes (ours, numba's, torch's) keep their
+    threads spinning for a while after a parallel region, which would otherwise steal the cores
+    from the next contender.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -22,6 +25,7 @@ def interleaved(contenders: dict, *, repeats: int = 15, warmup: int = 2,
     start = time.perf_counter()
     for r in range(repeats):
         for name, fn in contenders.items():
+            time.sleep(gap_s)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -1,19 +1,28 @@
 """Numba optimizer kernels: the same per-element math and order as csrc/common/optim_math.h."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
 from .._registry import OPTIM_KERNEL
 
-_JIT = dict(cache=True, fastmath=False, nogil=True)
+# error_model="numpy": x/0 gives inf/nan as in the reference (and keeps loops vectorisable).
+_JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 # Below this many elements a parallel launch costs more than it saves: run on this thread.
 SERIAL_BELOW = 1 << 16
 
 
 def _twins(fn):
-    """(parallel, serial) compilations of one kernel written with prange."""
-    return njit(parallel=True, **_JIT)(fn), njit(parallel=False, **_JIT)(fn)
+    """(parallel, serial) compilations of one kernel written with prange.
+
+    The serial twin is a renamed copy so that the two do not share (and overwrite) one cache
+    entry on disk."""
+    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                fn.__defaults__, fn.__closure__)
+    serial.__qualname__ = fn.__qualname__ + "_serial"
+    return njit(parallel=True, **_JIT)(fn), njit(parallel=False, **_JIT)(serial)
 
 
 def _sgd(p, g, lr, wd, gs):
