@@ -7,6 +7,8 @@
 namespace fastopt {
 void bind_optim(py::module_& m);
 void bind_stream(py::module_& m);
+void bind_norm(py::module_& m);
+void bind_halton(py::module_& m);
 }  // namespace fastopt
 
 namespace py = pybind11;
@@ -23,4 +25,6 @@ PYBIND11_MODULE(_C, m) {
   }, "Data pointers of a list of ndarrays (fast argument validation).");
   fastopt::bind_optim(m);
   fastopt::bind_stream(m);
+  fastopt::bind_norm(m);
+  fastopt::bind_halton(m);
 }

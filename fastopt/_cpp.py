@@ -4,8 +4,26 @@ Every function here has the signature of its twin in ``fastopt._reference``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import _C
 
 
 def optim_update(rule, params, grads, states, k):
     _C.optim_update(rule, params, grads, [list(s) for s in states], list(k))
+
+
+def norm_partials(arrays, scale, want_max):
+    return _C.norm_partials(arrays, scale, want_max)
+
+
+def norm_scale(arrays, factor):
+    _C.norm_scale(arrays, factor)
+
+
+_NO_SHIFT = np.zeros(0)  # the kernel reads an empty shift as "no shift"
+
+
+def halton(out, start, tab, ndig, workers):
+    shift = tab.shift if tab.shift is not None else _NO_SHIFT
+    _C.halton(out, start, tab.bases, ndig, tab.terms, tab.offsets, shift, workers)

@@ -8,6 +8,20 @@ from __future__ import annotations
 import numpy as np
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+F16 = np.dtype(np.float16)
+
+
+class _NamedDtype(str):
+    """A dtype NumPy lacks, named as the array libraries name it (str(d) and d.name alike)."""
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
+#: bfloat16: device arrays only (torch.bfloat16, or CuPy with ml_dtypes); never equal to a
+#: NumPy dtype, so no host kernel can be picked for it.
+BF16 = _NamedDtype("bfloat16")
 
 #: CPU backends, fastest first (the order dispatch tries them in).
 CPU_BACKENDS = ("cpp", "numba", "numpy")
@@ -19,13 +33,18 @@ ALL_BACKENDS = CPU_BACKENDS + DEVICE_BACKENDS
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
 
 _CPU_FLOAT = {"cpp": (F32, F64), "numba": (F32, F64), "numpy": (F32, F64)}
+#: On the device, 16-bit storage computes in float32 (optimizer state in float32 too).
+_DEVICE_FLOAT = {"cuda": (F32, F64, F16, BF16), "numba-cuda": (F32, F64)}
 
 #: kernel name -> {backend: supported dtypes}
 KERNELS: dict[str, dict[str, tuple[np.dtype, ...]]] = {
-    **{f"optim.{name}": dict(_CPU_FLOAT) for name in OPTIMIZERS},
-    "norm.global_norm": dict(_CPU_FLOAT),
-    "norm.scale": dict(_CPU_FLOAT),
-    "halton.halton": {"cpp": (F64,), "numba": (F64,), "numpy": (F64,)},
+    **{f"optim.{name}": {**_CPU_FLOAT, **_DEVICE_FLOAT} for name in OPTIMIZERS},
+    # norm_partials(arrays, scale, want_max): per-array float64 sums of squares in the fixed
+    # order below (and max |x|); fastopt.norm finishes them. norm_scale(arrays, s): x <- s x.
+    "norm.global_norm": {**_CPU_FLOAT, **_DEVICE_FLOAT},
+    "norm.scale": {**_CPU_FLOAT, **_DEVICE_FLOAT},
+    "halton.halton": {"cpp": (F64,), "numba": (F64,), "numpy": (F64,), "cuda": (F64,),
+                      "numba-cuda": (F64,)},
 }
 
 
@@ -52,6 +71,14 @@ OPTIM_SCALARS = ("lr", "wd", "gscale", "momentum", "rho", "beta1", "beta2", "eps
 
 #: Rule -> the kernel that runs it (AdamW is Adam with a decay factor).
 OPTIM_KERNEL = {name: ("adam" if name == "adamw" else name) for name in OPTIMIZERS}
+
+# -- The norm kernels' calling convention (csrc/common/norm_math.h repeats these numbers) ------
+
+#: Elements per block: every array is cut into blocks of this size from its first element.
+NORM_BLOCK = 1 << 14
+#: Accumulators per block: element i of a block goes to lane i mod NORM_LANES, each lane sums
+#: sequentially, and lanes are folded in halves (lane j += lane j + L/2, ...), a fixed tree.
+NORM_LANES = 16
 
 from collections import namedtuple  # noqa: E402
 

@@ -11,19 +11,27 @@ import numbers
 
 import numpy as np
 
-from ._registry import F32, F64
+from . import _device
+from ._device import DEVICE_DTYPES, is_device_array  # noqa: F401 - re-exported
+from ._registry import BF16, F16, F32, F64
 
 FLOAT_DTYPES = (F32, F64)
 
 
-def is_device_array(a) -> bool:
-    """True for GPU arrays: CuPy, PyTorch CUDA tensors, Numba device arrays (also simulated)."""
+def dtype_of(a):
+    """The array's dtype as a NumPy dtype (or _registry.BF16), whatever library it is from."""
     if isinstance(a, np.ndarray):
-        return False
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
-    # The Numba CUDA simulator's device arrays have no __cuda_array_interface__.
-    return type(a).__module__.startswith("numba.cuda.simulator")
+        return a.dtype
+    return _device.dtype(a) if is_device_array(a) else getattr(a, "dtype", None)
+
+
+def state_dtype(dtype):
+    """The dtype of optimizer state for params of ``dtype``: float32 for 16-bit storage."""
+    return F32 if dtype in (F16, BF16) else dtype
+
+
+def _where(a) -> str:
+    return "a device (GPU) array" if is_device_array(a) else "a host array"
 
 
 def as_list(arrays, name: str) -> list:
@@ -36,14 +44,16 @@ def as_list(arrays, name: str) -> list:
                     f"got {type(arrays).__name__}")
 
 
-def check_float_arrays(arrays: list, name: str, *, writable: bool, dtypes=FLOAT_DTYPES):
-    """Every item is a C-contiguous ndarray of a supported float dtype (and writable if asked)."""
+def check_float_arrays(arrays: list, name: str, *, writable: bool, dtypes=FLOAT_DTYPES,
+                       device_dtypes=DEVICE_DTYPES):
+    """Every item is a C-contiguous float array of a supported dtype (and writable if asked):
+    all NumPy arrays (``dtypes``), or all device arrays on one device (``device_dtypes``)."""
+    if arrays and any(is_device_array(a) for a in arrays):
+        return _check_device_arrays(arrays, name, writable=writable, dtypes=device_dtypes)
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
-            if is_device_array(a):
-                raise TypeError(f"{name}[{i}] is a device (GPU) array but this call runs on the "
-                                "host; pass NumPy arrays, or build fastopt with CUDA")
-            raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+            raise TypeError(f"{name}[{i}] must be a numpy.ndarray or a device array, got "
+                            f"{type(a).__name__}")
         if a.dtype not in dtypes:
             raise TypeError(f"{name}[{i}] has dtype {a.dtype}; supported: "
                             f"{', '.join(str(d) for d in dtypes)}")
@@ -54,22 +64,74 @@ def check_float_arrays(arrays: list, name: str, *, writable: bool, dtypes=FLOAT_
             raise ValueError(f"{name}[{i}] is read-only but would be written")
 
 
-def check_matching(ref: list, ref_name: str, other: list, name: str):
-    """``other`` matches ``ref`` item by item in length, shape and dtype."""
+def _check_device_arrays(arrays, name, *, writable, dtypes):
+    first_device = None
+    for i, a in enumerate(arrays):
+        if not is_device_array(a):
+            j = next(k for k, b in enumerate(arrays) if is_device_array(b))
+            raise TypeError(f"host and device arrays mixed: {name}[{i}] is {_where(a)} "
+                            f"({type(a).__name__}) but {name}[{j}] is a device (GPU) array; "
+                            "pass all of them on the same device")
+        info = _device.describe(a)
+        if info.dtype not in dtypes:
+            raise TypeError(f"{name}[{i}] has dtype {info.dtype}; supported on the device: "
+                            f"{', '.join(str(d) for d in dtypes)}")
+        if not info.contiguous:
+            raise ValueError(f"{name}[{i}] is not C-contiguous; fastopt never updates a copy "
+                             "(pass a contiguous array, e.g. cupy.ascontiguousarray(x) or "
+                             "x.contiguous(), and keep that array)")
+        if writable and info.readonly:
+            raise ValueError(f"{name}[{i}] is read-only but would be written")
+        if info.device >= 0:
+            if first_device is None:
+                first_device = (i, info.device)
+            elif info.device != first_device[1]:
+                raise ValueError(f"{name}[{i}] is on device cuda:{info.device} but "
+                                 f"{name}[{first_device[0]}] is on cuda:{first_device[1]}; "
+                                 "all arrays of a call must be on one device")
+
+
+def check_matching(ref: list, ref_name: str, other: list, name: str, *, state: bool = False):
+    """``other`` matches ``ref`` item by item in length, shape, dtype and place (host or the
+    same device). ``state=True``: ``other`` holds optimizer state, whose dtype is
+    ``state_dtype`` of the matching ``ref`` item (float32 for 16-bit params)."""
     if len(other) != len(ref):
         raise ValueError(f"{name} has {len(other)} arrays but {ref_name} has {len(ref)}")
     for i, (a, b) in enumerate(zip(ref, other)):
-        if b.shape != a.shape:
-            raise ValueError(f"{name}[{i}] has shape {b.shape} but {ref_name}[{i}] has {a.shape}")
-        if b.dtype != a.dtype:
-            raise TypeError(f"{name}[{i}] has dtype {b.dtype} but {ref_name}[{i}] has {a.dtype}")
+        if is_device_array(a) != is_device_array(b):
+            raise TypeError(f"host and device arrays mixed: {name}[{i}] is {_where(b)} but "
+                            f"{ref_name}[{i}] is {_where(a)}")
+        if tuple(b.shape) != tuple(a.shape):
+            raise ValueError(f"{name}[{i}] has shape {tuple(b.shape)} but {ref_name}[{i}] has "
+                             f"{tuple(a.shape)}")
+        da, db = dtype_of(a), dtype_of(b)
+        want = state_dtype(da) if state else da
+        if db != want:
+            raise TypeError(f"{name}[{i}] has dtype {db} but {ref_name}[{i}] has {da}"
+                            + (f" (state must be {want})" if state else ""))
+    if ref and other and is_device_array(ref[0]):
+        da, db = _device.describe(ref[0]).device, _device.describe(other[0]).device
+        if da >= 0 and db >= 0 and da != db:
+            raise ValueError(f"{name}[0] is on device cuda:{db} but {ref_name}[0] is on "
+                             f"cuda:{da}; all arrays of a call must be on one device")
 
 
 try:  # the extension reads data pointers ~50x faster than __array_interface__ (per array)
-    from ._C import data_addresses
+    from ._C import data_addresses as _host_addresses
 except ImportError:
-    def data_addresses(arrays):
+    def _host_addresses(arrays):
         return [a.__array_interface__["data"][0] for a in arrays]
+
+
+def data_addresses(arrays) -> list:
+    """Data addresses of validated arrays (all host or all device, as validation ensures)."""
+    if arrays and is_device_array(arrays[0]):
+        return _device.pointers(arrays)
+    return _host_addresses(arrays)
+
+
+def nbytes(a) -> int:
+    return a.nbytes if isinstance(a, np.ndarray) else _device.nbytes(a)
 
 
 def check_like(ref: list, ref_name: str, other: list, name: str):
@@ -79,6 +141,10 @@ def check_like(ref: list, ref_name: str, other: list, name: str):
     which raise the precise error.
     """
     ok = len(other) == len(ref)
+    if ok and ref and is_device_array(ref[0]):
+        if _device.like(ref, other):
+            return
+        ok = False
     if ok:
         for a, b in zip(ref, other):
             if (type(b) is not np.ndarray or b.dtype is not a.dtype or b.shape != a.shape
@@ -101,8 +167,9 @@ def check_no_overlap(written: dict, read: dict | None = None):
     for flag, group in ((True, written), (False, read or {})):
         for name, arrays in group.items():
             for i, (a, s) in enumerate(zip(arrays, data_addresses(arrays))):
-                if a.nbytes:
-                    spans.append((s, s + a.nbytes, flag, name, i))
+                n = nbytes(a)
+                if n:
+                    spans.append((s, s + n, flag, name, i))
     spans.sort(key=lambda t: t[0])
     end_written = end_any = -1
     last_written = last_any = None

@@ -87,7 +87,9 @@ def _optimizer(rule, params, backend, **kw):
     cls = {"sgd": optim.SGD, "momentum": optim.Momentum, "nesterov": optim.Nesterov,
            "rmsprop": optim.RMSProp, "adam": optim.Adam, "adamw": optim.AdamW,
            "nadam": optim.NAdam}[rule]
-    return cls(params, 1e-3, backend=backend, **kw)
+    # nonfinite="ignore": the pure update (28 B/element for Adam), as torch's fused step does;
+    # the default non-finite check adds one 4 B/element read pass (bench/bench_norm.py).
+    return cls(params, 1e-3, backend=backend, **{"nonfinite": "ignore", **kw})
 
 
 def check_optim(rule, backend, sizes, seed=1) -> str | None:
@@ -132,6 +134,85 @@ def optim_case(rule, total, count, backends, peers=True, seed=0) -> Case:
             c.contenders[f"torch {mode}"] = cls(params, lr=1e-3, **{mode: True}).step
     if have("cpp"):
         c.contenders[CEILING] = ceiling_update(total, *OPTIM_TRAFFIC[rule][1:])
+    return c
+
+
+# -- global norm cases ---------------------------------------------------------------------------
+
+def check_norm(backend, arrays) -> str | None:
+    """None when ``backend`` gives the reference's bits (the norm is deterministic)."""
+    from .norm import global_norm
+
+    small = [a[:5000] for a in arrays[:8]]
+    got, want = global_norm(small, backend=backend), global_norm(small, backend="numpy")
+    return None if got == want else f"norm {got!r} differs from the reference {want!r}"
+
+
+def norm_case(total, count, backends, peers=True, seed=0) -> Case:
+    from .norm import global_norm
+
+    sizes = layouts(total, count)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
+    c = Case("norm", f"global_norm f32 {_layout_name(total, count)}", "GB/s", total * 4, {})
+    for b in backends:
+        c.contenders[f"fastopt[{b}]"] = (lambda b=b: global_norm(arrays, backend=b))
+        if b != "numpy":
+            c.checks[f"fastopt[{b}]"] = (lambda b=b: check_norm(b, arrays))
+    if peers:
+        c.contenders["numpy linalg.norm"] = (
+            lambda: float(np.sqrt(sum(float(np.linalg.norm(a)) ** 2 for a in arrays))))
+        c.contenders["numpy float64"] = (
+            lambda: float(np.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays))))
+        if have_module("torch"):
+            import torch
+
+            ts = [torch.from_numpy(a) for a in arrays]
+            if hasattr(torch.nn.utils, "get_total_norm"):
+                c.contenders["torch get_total_norm"] = (
+                    lambda: torch.nn.utils.get_total_norm(ts, foreach=True))
+    if have("cpp"):
+        c.contenders[CEILING] = ceiling_read(total)
+    return c
+
+
+# -- Halton cases ---------------------------------------------------------------------------------
+
+def check_halton(backend, d, seed) -> str | None:
+    from .halton import halton
+
+    n = 2048
+    got, want = halton(n, d, seed=seed, backend=backend), halton(n, d, seed=seed, backend="numpy")
+    if not np.array_equal(got, want):
+        return "differs from the NumPy reference (must be bit-identical)"
+    if have_module("scipy"):
+        from scipy.stats import qmc
+
+        if not np.array_equal(got, qmc.Halton(d, scramble=True, seed=seed).random(n)):
+            return "differs from scipy.stats.qmc.Halton (must be bit-identical)"
+    return None
+
+
+def halton_case(n, d, backends, peers=True, seed=12345, threads=None) -> Case:
+    from .halton import halton
+
+    c = Case("halton", f"halton scrambled n={_pow2(n)} d={d}", "values/s", n * d, {})
+    for b in backends:
+        c.contenders[f"fastopt[{b}]"] = (lambda b=b: halton(n, d, seed=seed, backend=b))
+        if b != "numpy":
+            c.checks[f"fastopt[{b}]"] = (lambda b=b: check_halton(b, d, seed))
+    if peers and have_module("scipy"):
+        import os
+
+        from scipy.stats import qmc
+
+        engine = qmc.Halton(d, scramble=True, seed=seed)
+        workers = threads or os.cpu_count() or 1
+
+        def scipy_halton():
+            engine.reset()
+            return engine.random(n, workers=workers)
+        c.contenders[f"scipy Halton (workers={workers})"] = scipy_halton
     return c
 
 
@@ -198,3 +279,151 @@ def header() -> str:
 
         extra = f", {_C.num_threads()} threads, SIMD {_C.simd_level()}"
     return f"# {m['cpu']}, {m['cores']} cores{extra}, Python {m['python']}"
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+FAMILIES = ("optim", "norm", "halton")
+DEFAULT_SIZES = {"optim": [(1 << 24, 1), (1 << 20, 200), (1 << 24, 200)],
+                 "norm": [(1 << 24, 1), (1 << 24, 200)],
+                 "halton": [(1 << 20, 8), (1 << 16, 64), (1 << 14, 256)]}
+QUICK_SIZES = {"optim": [(1 << 20, 1), (1 << 18, 200)],
+               "norm": [(1 << 20, 1), (1 << 18, 200)],
+               "halton": [(1 << 16, 8)]}
+
+
+def parse_size(text: str) -> int:
+    """'2^20', '1048576' or '1M' -> int."""
+    t = text.strip().lower()
+    try:
+        if "^" in t:
+            base, exp = t.split("^")
+            return int(base) ** int(exp)
+        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise ValueError(f"--sizes: cannot read {text!r} (use e.g. 2^20, 1048576 or 1M)") from None
+
+
+def plan(kernels, sizes=None, quick=False):
+    """[(family, args)] to build lazily, one case at a time (big cases are not all in memory)."""
+    table = QUICK_SIZES if quick else DEFAULT_SIZES
+    out = []
+    for fam in kernels:
+        if sizes is None:
+            specs = table[fam]
+        elif fam == "halton":
+            specs = [(n, 8) for n in sizes]
+        else:
+            specs = [(n, count) for n in sizes for count in (1, 200) if n >= 200 * 9 or count == 1]
+        out += [(fam, s) for s in specs]
+    return out
+
+
+def build(family, spec, backends, peers=True) -> Case:
+    if family == "optim":
+        return optim_case("adam", *spec, backends=backends, peers=peers)
+    if family == "norm":
+        return norm_case(*spec, backends=backends, peers=peers)
+    return halton_case(*spec, backends=backends, peers=peers)
+
+
+def plot(rows, path):
+    """A PNG: one panel per case, a bar per contender (GB/s or values/s), the ceiling as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from e
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    cols = min(3, len(cases))
+    nrows = -(-len(cases) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
+    for ax, case in zip(axes.flat, cases):
+        rs = [r for r in rows if r["case"] == case and r["status"] == "ok" and r["contender"] != CEILING]
+        ceil = [r for r in rows if r["case"] == case and r["contender"] == CEILING]
+        scale, unit = (1e9, "GB/s") if (rs and rs[0]["unit"] == "GB/s") else (1.0, "values/s")
+        colors = ["tab:blue" if r["contender"].startswith("fastopt") else "tab:gray" for r in rs]
+        ax.bar(range(len(rs)), [r["rate"] / scale for r in rs], color=colors)
+        ax.set_xticks(range(len(rs)), [r["contender"] for r in rs], rotation=35, ha="right",
+                      fontsize=7)
+        if ceil:
+            ax.axhline(ceil[0]["rate"] / scale, color="tab:red", ls="--", lw=1,
+                       label=f"same-run ceiling {ceil[0]['rate'] / scale:.1f} {unit}")
+            ax.legend(fontsize=7, loc="upper right")
+        if unit == "values/s":
+            ax.set_yscale("log")
+        ax.set_ylabel(unit)
+        ax.set_title(case, fontsize=9)
+    for ax in list(axes.flat)[len(cases):]:
+        ax.axis("off")
+    fig.suptitle(header().lstrip("# "), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _progress(total):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="fastopt bench", unit="case", leave=False)
+    except ImportError:
+        return None
+
+
+def cli(args) -> int:
+    """Run ``fastopt bench``; exit status 1 when any kernel FAILED its check."""
+    import json
+    import sys
+
+    from .info import info
+
+    kernels = args.kernels.split(",") if args.kernels else list(FAMILIES)
+    bad = [k for k in kernels if k not in FAMILIES]
+    if bad:
+        raise ValueError(f"--kernels: unknown {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
+    wanted = args.backends.split(",") if args.backends else list(CPU_BACKENDS)
+    bad = [b for b in wanted if b not in CPU_BACKENDS]
+    if bad:
+        raise ValueError(f"--backends: unknown {', '.join(bad)}; choose from {', '.join(CPU_BACKENDS)}")
+    backends = [b for b in wanted if have(b)]
+    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    todo = plan(kernels, sizes, args.quick)
+    repeats = args.repeats or (5 if args.quick else 11)
+    budget = 4.0 if args.quick else 20.0
+    bar = _progress(len(todo))
+    rows = []
+    for fam, spec in todo:
+        if bar is None:
+            print(f"  running {fam} {spec} ...", file=sys.stderr, flush=True)
+        case = build(fam, spec, backends, peers=not args.no_peers)
+        rows += run_case(case, repeats=repeats, budget_s=budget)
+        del case
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    print(header())
+    skipped = [b for b in wanted if not have(b)]
+    for b in skipped:
+        print(f"# backend {b} skipped: {_dispatch.unavailable_reason(b)}")
+    for fam in kernels:
+        title = {"optim": "Adam step (28 B/element), ceiling = stream read 4 / write 3 arrays",
+                 "norm": "global norm (4 B/element, float64 accumulation), ceiling = stream read",
+                 "halton": "scrambled Halton (compute-bound: values/s)"}[fam]
+        print(f"\n== {fam}: {title}")
+        print(format_table([r for r in rows if r["family"] == fam]))
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"\n{len(rows) - len(failed)} timed, {len(failed)} FAILED")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "info": info(), "rows": rows,
+                       "args": {k: v for k, v in vars(args).items() if k != "handler"}}, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if failed else 0

@@ -23,10 +23,10 @@ import math
 
 import numpy as np
 
-from . import _dispatch
+from . import _device, _dispatch
 from ._registry import OPTIM_STATE, OPTIMIZERS, Scalars
-from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, integer,
-                        real)
+from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, dtype_of,
+                        integer, is_device_array, real, state_dtype)
 
 __all__ = ["update", "init_state", "scalars"]
 
@@ -70,9 +70,12 @@ def scalars(rule, *, lr, step, grad_scale=1.0, weight_decay=0.0, momentum=0.0, r
 
 
 def init_state(rule, params) -> dict:
-    """Fresh state for ``rule``: {name: [array like each param]}, zeros (rmsprop's v: ones)."""
+    """Fresh state for ``rule``: {name: [array like each param]}, zeros (rmsprop's v: ones).
+
+    Device params get device state from the same library, float32 for 16-bit params."""
     params = as_list(params, "params")
-    return {name: [np.full_like(p, init) for p in params]
+    return {name: [_device.full_like(p, init, state_dtype(dtype_of(p))) if is_device_array(p)
+                   else np.full_like(p, init) for p in params]
             for name, init in OPTIM_STATE[check_rule(rule)]}
 
 
@@ -80,15 +83,22 @@ def run(rule, params, grads, states, k: Scalars, backend=None):
     """Validated arrays -> one kernel call per dtype present (one in the common case)."""
     if not params:
         return
-    dtype = params[0].dtype
-    if all(p.dtype == dtype for p in params):
-        name = _dispatch.resolve(f"optim.{rule}", backend, dtype=dtype)
+    first = getattr(params[0], "dtype", None)  # the library's own dtype: cheap to compare
+    if first is not None and all(p.dtype == first for p in params):
+        name = _dispatch.resolve(f"optim.{rule}", backend, device=is_device_array(params[0]),
+                                 dtype=dtype_of(params[0]))
         _dispatch.module(name).optim_update(rule, params, grads, states, k)
         return
-    for dt in {p.dtype for p in params}:
-        idx = [i for i, p in enumerate(params) if p.dtype == dt]
-        run(rule, [params[i] for i in idx], [grads[i] for i in idx],
-            [[s[i] for i in idx] for s in states], k, backend)
+    dtypes = [dtype_of(p) for p in params]
+    groups = {dt: [i for i, d in enumerate(dtypes) if d == dt] for dt in dict.fromkeys(dtypes)}
+    device = is_device_array(params[0])
+    # Every group's backend first: a dtype no backend runs must fail before anything is written.
+    names = {dt: _dispatch.resolve(f"optim.{rule}", backend, device=device, dtype=dt)
+             for dt in groups}
+    for dt, idx in groups.items():
+        _dispatch.module(names[dt]).optim_update(
+            rule, [params[i] for i in idx], [grads[i] for i in idx],
+            [[s[i] for i in idx] for s in states], k)
 
 
 def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None, **hyper):
@@ -115,7 +125,7 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
     for n in names:
         s = as_list(state[n], f"state[{n!r}]")
         check_float_arrays(s, f"state[{n!r}]", writable=True)
-        check_matching(params, "params", s, f"state[{n!r}]")
+        check_matching(params, "params", s, f"state[{n!r}]", state=True)
         states.append(s)
     check_no_overlap({"params": params, **{f"state[{n!r}]": s for n, s in zip(names, states)}},
                      {"grads": grads})

@@ -3,21 +3,54 @@ r"""Optimizers: fused single-pass updates over any number of arrays, updated in 
 Each class keeps its state (NumPy arrays) and the step counter t; ``step(grads)`` applies the
 rule of ``fastopt.functional`` with eta_t = lr(t) in one native call. Every optimizer takes
 ``weight_decay`` (coupled L2, g <- g + lambda theta; decoupled for AdamW), and a ``backend``.
+
+Every optimizer also takes the gradient-norm options of SPEC §3:
+
+* ``max_grad_norm`` lambda (a number, ``"auto"`` or an ``AutoClip``-style policy): one read pass
+  computes T = ||g|| (``fastopt.global_norm``); if T > lambda the update pass runs with
+  grad_scale = lambda / T, so g' = lambda g / T is never written anywhere.
+* ``nonfinite``: a NaN/inf norm ``"skip"``s the step (params, state and step count untouched, a
+  RuntimeWarning, ``StepResult.skipped``), or ``"raise"``s FloatingPointError; ``"ignore"``
+  trusts the gradients and, when nothing else needs the norm, saves the read pass.
+* ``monitor``: a ``fastopt.GradNormMonitor`` fed the unclipped norm of every step.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 
 import numpy as np
 
 from . import functional as F
+from . import norm as _norm
+from .monitor import AutoClip, GradNormMonitor
 from ._registry import OPTIM_STATE
+from . import _device
 from ._validate import (as_list, check_float_arrays, check_like, check_no_overlap,
-                        data_addresses, integer, real)
+                        data_addresses, dtype_of, integer, is_device_array, nbytes, real)
 from .schedules import as_schedule
 
 __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
            "NAdam"]
+
+
+_NONFINITE = ("skip", "raise", "ignore")
+
+
+def _check_max_grad_norm(value):
+    """None, a float lambda > 0, or a policy with threshold() and update(norm) ("auto" is
+    AutoClip())."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"max_grad_norm must be a number > 0, 'auto', a policy such as "
+                             f"fastopt.AutoClip, or None; got {value!r}")
+        return AutoClip()
+    if callable(getattr(value, "threshold", None)) and callable(getattr(value, "update", None)):
+        return value
+    return real(value, "max_grad_norm", lo=0, lo_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,20 +68,31 @@ class Optimizer:
 
     rule = ""
 
-    def __init__(self, params, lr, *, backend=None, **hyper):
+    def __init__(self, params, lr, *, backend=None, max_grad_norm=None, nonfinite="skip",
+                 monitor=None, **hyper):
         self.params = as_list(params, "params")
         check_float_arrays(self.params, "params", writable=True)
         check_no_overlap({"params": self.params})
         self.lr = as_schedule(lr)
         self.hyper = F.check_hyper(self.rule, **hyper)
         self.backend = backend
+        self.max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {', '.join(map(repr, _NONFINITE))}, "
+                             f"got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        if monitor is not None and not isinstance(monitor, GradNormMonitor):
+            raise TypeError(f"monitor must be a fastopt.GradNormMonitor or None, got "
+                            f"{type(monitor).__name__}")
+        self.monitor = monitor
         self.state = F.init_state(self.rule, self.params)
         self.step_count = 0
         # Params and state never move: remember their byte ranges once, so each step only has
         # to place the gradients among them (bisect) instead of re-sorting everything.
         written = list(self._written())
-        spans = sorted((s, s + a.nbytes) for a, s in zip(written, data_addresses(written))
-                       if a.nbytes)
+        spans = sorted((s, s + nbytes(a)) for a, s in zip(written, data_addresses(written))
+                       if nbytes(a))
+        self._nbytes = np.array([nbytes(p) for p in self.params], np.int64)
         self._starts = np.array([s for s, _ in spans], np.int64)
         self._ends = np.array([e for _, e in spans], np.int64)
 
@@ -64,12 +108,12 @@ class Optimizer:
         grads = as_list(grads, "grads")
         check_like(self.params, "params", grads, "grads")
         for i, p in enumerate(self.params):
-            if not p.flags.writeable:
+            if isinstance(p, np.ndarray) and not p.flags.writeable:
                 raise ValueError(f"params[{i}] became read-only")
         if len(self._starts) and grads:
             # place each gradient's byte range among the (sorted, disjoint) written ranges
             start = np.array(data_addresses(grads), np.int64)
-            end = start + np.array([g.nbytes for g in grads], np.int64)
+            end = start + self._nbytes  # grads match params in shape and dtype (checked)
             j = np.searchsorted(self._starts, end - 1, side="right") - 1
             bad = (end > start) & (j >= 0) & (self._ends[np.maximum(j, 0)] > start)
             if bad.any():
@@ -82,15 +126,57 @@ class Optimizer:
         """eta_t, checked (a schedule returning a negative or non-finite rate is an error)."""
         return real(self.lr(t), f"lr({t})", lo=0)
 
+    def clip_threshold(self) -> float | None:
+        """lambda for the next step: ``max_grad_norm``, the policy's current value, or None."""
+        m = self.max_grad_norm
+        return m if m is None or isinstance(m, float) else m.threshold()
+
     def step(self, grads) -> StepResult:
-        """Apply one update in place with ``grads`` (same structure as params)."""
+        """Apply one update in place with ``grads`` (same structure as params).
+
+        With clipping or the non-finite check on, one read pass computes T = ||grads|| first;
+        the update pass then uses grad_scale = lambda / T when T > lambda. A non-finite T with
+        ``nonfinite="skip"`` leaves everything as it was and returns ``skipped=True``.
+        """
         grads = self._check_grads(grads)
         t = self.step_count
         lr = self.lr_at(t)
-        k = F.scalars(self.rule, lr=lr, step=t, **self.hyper)
+        limit = self.clip_threshold()
+        norm, scale, clipped = None, 1.0, False
+        if limit is not None or self.nonfinite != "ignore" or self.monitor is not None:
+            norm = _norm._norm_checked(grads, self.backend)
+            if not math.isfinite(norm) and self.nonfinite != "ignore":
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(f"the gradient norm at step {t} is {norm}; nothing "
+                                             "was updated (nonfinite='raise')")
+                warnings.warn(f"skipped step {t}: the gradient norm is {norm}; parameters, state "
+                              "and step count are unchanged", RuntimeWarning, stacklevel=2)
+                self._observe(norm, False, limit)
+                return StepResult(grad_norm=norm, clipped=False, skipped=True, lr=lr)
+            if limit is not None and math.isfinite(norm) and norm > limit:
+                scale, clipped = limit / norm, True
+        k = F.scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
         F.run(self.rule, self.params, grads, self._states(), k, self.backend)
         self.step_count = t + 1
-        return StepResult(grad_norm=None, clipped=False, skipped=False, lr=lr)
+        self._observe(norm, clipped, limit)
+        return StepResult(grad_norm=norm, clipped=clipped, skipped=False, lr=lr)
+
+    def _observe(self, norm, clipped, limit):
+        if norm is None:
+            return
+        if self.max_grad_norm is not None and not isinstance(self.max_grad_norm, float):
+            self.max_grad_norm.update(norm)
+        if self.monitor is not None:
+            self.monitor.record(norm, clipped=clipped, threshold=limit)
+
+    def _extras(self) -> dict:
+        """Sub-state dicts kept with the optimizer's: the clipping policy's and the monitor's."""
+        out = {}
+        if hasattr(self.max_grad_norm, "state_dict"):
+            out["clip"] = self.max_grad_norm
+        if self.monitor is not None:
+            out["monitor"] = self.monitor
+        return out
 
     # -- checkpoints: a flat dict of NumPy arrays and scalars, so numpy.savez stores it -------
     def state_dict(self) -> dict:
@@ -98,15 +184,19 @@ class Optimizer:
         sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
-                sd[f"{name}.{i}"] = a.copy()
+                sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
+        for prefix, obj in self._extras().items():  # 'clip.*' (AutoClip), 'monitor.*'
+            sd.update({f"{prefix}.{k}": v for k, v in obj.state_dict().items()})
         return sd
 
     def load_state_dict(self, sd) -> None:
         """Restore ``state_dict()`` output (e.g. from numpy.load); refuses any mismatch whole."""
         if not hasattr(sd, "keys"):
             raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
+        extras = self._extras()
         expected = {"optimizer", "step"} | {f"{n}.{i}" for n, arrays in self.state.items()
                                             for i in range(len(arrays))}
+        expected |= {f"{p}.{k}" for p, obj in extras.items() for k in obj.state_dict()}
         keys = set(sd.keys())
         if keys != expected:
             missing, extra = sorted(expected - keys), sorted(keys - expected)
@@ -119,12 +209,25 @@ class Optimizer:
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 v = np.asarray(sd[f"{name}.{i}"])
-                if v.shape != a.shape or v.dtype != a.dtype:
+                if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
                     raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
-                                     f"{v.dtype}; expected {a.shape} and {a.dtype}")
+                                     f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
+        # The policy and the monitor check their own parts; undo the first if the second fails.
+        before = {p: obj.state_dict() for p, obj in extras.items()}
+        try:
+            for p, obj in extras.items():
+                obj.load_state_dict({k[len(p) + 1:]: v for k, v in sd.items()
+                                     if k.startswith(p + ".")})
+        except Exception:
+            for p, obj in extras.items():
+                obj.load_state_dict(before[p])
+            raise
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
-                np.copyto(a, sd[f"{name}.{i}"])
+                if is_device_array(a):
+                    _device.copy_from_host(a, np.asarray(sd[f"{name}.{i}"]))
+                else:
+                    np.copyto(a, sd[f"{name}.{i}"])
         self.step_count = step
 
     def __repr__(self):
@@ -136,16 +239,20 @@ class SGD(Optimizer):
     r"""theta <- theta - eta_t (g + lambda theta)."""
     rule = "sgd"
 
-    def __init__(self, params, lr, *, weight_decay=0.0, backend=None):
-        super().__init__(params, lr, weight_decay=weight_decay, backend=backend)
+    def __init__(self, params, lr, *, weight_decay=0.0, backend=None, max_grad_norm=None,
+                 nonfinite="skip", monitor=None):
+        super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
 
 
 class Momentum(Optimizer):
     r"""Heavy ball: v <- gamma v + g; theta <- theta - eta_t v (v starts at 0)."""
     rule = "momentum"
 
-    def __init__(self, params, lr, momentum=0.9, *, weight_decay=0.0, backend=None):
-        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend)
+    def __init__(self, params, lr, momentum=0.9, *, weight_decay=0.0, backend=None,
+                 max_grad_norm=None, nonfinite="skip", monitor=None):
+        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend,
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
 
 
 class Nesterov(Momentum):
@@ -159,9 +266,10 @@ class RMSProp(Optimizer):
     rule = "rmsprop"
 
     def __init__(self, params, lr, rho=0.9, momentum=0.0, eps=1e-8, *, weight_decay=0.0,
-                 backend=None):
+                 backend=None, max_grad_norm=None, nonfinite="skip", monitor=None):
         super().__init__(params, lr, rho=rho, momentum=momentum, eps=eps,
-                         weight_decay=weight_decay, backend=backend)
+                         weight_decay=weight_decay, backend=backend,
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
 
 
 class Adam(Optimizer):
@@ -174,9 +282,11 @@ class Adam(Optimizer):
     rule = "adam"
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 torch_compat=False, backend=None):
+                 torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
+                 monitor=None):
         super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                         torch_compat=torch_compat, backend=backend)
+                         torch_compat=torch_compat, backend=backend,
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
 
 
 class AdamW(Adam):
@@ -184,8 +294,10 @@ class AdamW(Adam):
     rule = "adamw"
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
-                 torch_compat=False, backend=None):
-        super().__init__(params, lr, beta1, beta2, eps, weight_decay, torch_compat, backend)
+                 torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
+                 monitor=None):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay, torch_compat, backend,
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
 
 
 class NAdam(Optimizer):
@@ -193,6 +305,7 @@ class NAdam(Optimizer):
     rule = "nadam"
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 backend=None):
+                 backend=None, *, max_grad_norm=None, nonfinite="skip", monitor=None):
         super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                         backend=backend)
+                         backend=backend, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
+                         monitor=monitor)

@@ -49,7 +49,7 @@ def test_import_needs_only_numpy(tmp_path):
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('numba', 'scipy', 'torch', 'matplotlib') or name == 'fastopt._C':\n"
+        "        if name.split('.')[0] in ('numba', 'scipy', 'torch', 'matplotlib') or name in ('fastopt._C', 'fastopt._C_cuda'):\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import numpy as np, fastopt\n"

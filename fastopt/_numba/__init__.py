@@ -4,3 +4,5 @@ Imported lazily (importing numba takes a while); every function has the signatur
 in ``fastopt._reference``.
 """
 from .optim import optim_update  # noqa: F401
+from .norm import norm_partials, norm_scale  # noqa: F401
+from .halton import halton  # noqa: F401

@@ -1,0 +1,233 @@
+// Scrambled, shifted Halton sequences on the CPU (SPEC §4): OpenMP threads over blocks of rows,
+// vector lanes over consecutive points.
+//
+// Because the spec's fold runs from the lowest digit up, the partial sums over the m low digits
+// of an index depend on (index mod b^m) alone: they are tabulated once per call (the prefix
+// table, b^m <= 4096 entries), and each run of points that shares its high digits then costs
+// one load and ndig - m additions of the same constants per point. The constants come from
+// the high digits of the run's first index by multiply-shift division; nothing divides per point.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/halton_math.h"
+#include "cpu_common.h"
+
+namespace fastopt {
+namespace {
+
+constexpr int kMaxDigits = 64;       // digits of a 64-bit index in base 2
+constexpr uint64_t kMaxPrefix = 4096;  // entries of a prefix table (fits in L1/L2 beside the rows)
+
+struct HaltonDim {
+  const double* terms;   // ndig rows of b terms
+  const double* prefix;  // L = b^m partial folds over the m low digits
+  DivBy base, low;       // division by b and by L
+  uint64_t L;
+  int ndig, m;
+  double u;  // the shift (unused without one)
+};
+
+// Four doubles; GCC/Clang vector extensions compile to one AVX register in the avx2 build and
+// to two SSE2 registers in the baseline build.
+typedef double vd4 __attribute__((vector_size(32), aligned(8)));
+
+constexpr int64_t kRows = 512;  // rows per block: the unit of work of a thread
+constexpr int kGroup = 8;        // dimensions transposed together (a cache line of a row)
+
+// V vectors of four consecutive points: x = prefix[p] + c_0 + c_1 + ... (in this order), as
+// independent chains that keep the adders busy.
+template <bool Shift, int V>
+FO_INLINE void fold_vectors(double* __restrict out, const double* __restrict pre,
+                            const double* __restrict c, int nc, double u) {
+  vd4 v[V];
+  for (int q = 0; q < V; ++q) __builtin_memcpy(&v[q], pre + 4 * q, sizeof(vd4));
+  for (int t = 0; t < nc; ++t) {
+    const double ct = c[t];
+    for (int q = 0; q < V; ++q) v[q] += ct;
+  }
+  if constexpr (Shift)
+    for (int q = 0; q < V; ++q) {  // halton_shift, lane by lane
+      const vd4 y = v[q] + u;
+      v[q] = y >= 1.0 ? y - 1.0 : y;
+    }
+  for (int q = 0; q < V; ++q) __builtin_memcpy(out + 4 * q, &v[q], sizeof(vd4));
+}
+
+// One run of points that share their high digits (constants c_0..c_{nc-1}).
+template <bool Shift, int V>
+FO_INLINE void run_points(double* __restrict out, const double* __restrict pre, int64_t len,
+                          const double* __restrict c, int nc, double u) {
+  int64_t p = 0;
+  for (; p + 4 * V <= len; p += 4 * V) fold_vectors<Shift, V>(out + p, pre + p, c, nc, u);
+  for (; p + 4 <= len; p += 4) fold_vectors<Shift, 1>(out + p, pre + p, c, nc, u);
+  for (; p < len; ++p) {
+    double x = pre[p];
+    for (int t = 0; t < nc; ++t) x += c[t];
+    if constexpr (Shift) x = halton_shift(x, u);
+    out[p] = x;
+  }
+}
+
+// Points i .. i+count-1 of one dimension into col, contiguous.
+template <bool Shift, int V>
+FO_INLINE void column(double* __restrict col, const HaltonDim& D, uint64_t i, int64_t count) {
+  double c[kMaxDigits];
+  const uint32_t b = D.base.v;
+  const int nc = D.ndig - D.m;
+  for (int64_t r = 0; r < count;) {
+    const uint64_t hi = div_by(D.low, i);
+    const uint64_t lo = i - hi * D.L;
+    const int64_t len = std::min<int64_t>(int64_t(D.L - lo), count - r);
+    uint64_t q = hi;
+    for (int t = 0; t < nc; ++t) {  // the run's high digits -> its constants
+      const uint64_t h = div_by(D.base, q);
+      c[t] = D.terms[int64_t(D.m + t) * b + int64_t(q - h * b)];
+      q = h;
+    }
+    run_points<Shift, V>(col + r, D.prefix + lo, len, c, nc, D.u);
+    r += len;
+    i += uint64_t(len);
+  }
+}
+
+// Rows r0..r1-1 (at most kRows) of the (n, d) output: columns of kGroup dimensions are computed
+// contiguously, then written row by row, a whole cache line of each row at once.
+template <bool Shift, int V>
+FO_INLINE void rows_loop(double* out, int64_t d, uint64_t start, int64_t r0, int64_t r1,
+                         const HaltonDim* dims) {
+  const uint64_t i0 = start + uint64_t(r0);
+  const int64_t count = r1 - r0;
+  if (d == 1) return column<Shift, V>(out + r0, dims[0], i0, count);
+  alignas(64) double buf[kGroup][kRows];
+  for (int64_t j0 = 0; j0 < d; j0 += kGroup) {
+    double* o = out + r0 * d + j0;
+    if (d - j0 >= kGroup) {
+      for (int g = 0; g < kGroup; ++g) column<Shift, V>(buf[g], dims[j0 + g], i0, count);
+      for (int64_t r = 0; r < count; ++r)
+        for (int g = 0; g < kGroup; ++g) o[r * d + g] = buf[g][r];
+    } else {
+      const int gn = int(d - j0);
+      for (int g = 0; g < gn; ++g) column<Shift, V>(buf[g], dims[j0 + g], i0, count);
+      for (int64_t r = 0; r < count; ++r)
+        for (int g = 0; g < gn; ++g) o[r * d + g] = buf[g][r];
+    }
+  }
+}
+
+template <bool Shift>
+FO_TARGET_AVX2 void rows_avx2(double* out, int64_t d, uint64_t start, int64_t r0, int64_t r1,
+                              const HaltonDim* dims) {
+  rows_loop<Shift, 8>(out, d, start, r0, r1, dims);
+}
+template <bool Shift>
+void rows_base(double* out, int64_t d, uint64_t start, int64_t r0, int64_t r1,
+               const HaltonDim* dims) {
+  rows_loop<Shift, 4>(out, d, start, r0, r1, dims);
+}
+
+// prefix[lo] for lo < b^m: the fold over the m low digits of lo, built digit by digit
+// (S_{k+1}[lo + e b^k] = S_k[lo] + t_k[e]), the same additions in the same order as per point.
+void build_prefix(double* S, const double* terms, uint32_t b, int m) {
+  S[0] = 0.0;
+  uint64_t size = 1;
+  for (int k = 0; k < m; ++k) {
+    const double* t = terms + int64_t(k) * b;
+    for (uint32_t e = b; e-- > 0;)  // e = 0 last: it overwrites S_k in place
+      for (uint64_t lo = 0; lo < size; ++lo) S[e * size + lo] = S[lo] + t[e];
+    size *= b;
+  }
+}
+
+template <class T>
+const T* checked(const py::array& a, const char* name, int64_t size) {
+  if (!a.dtype().equal(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " has the wrong dtype");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " is not C-contiguous");
+  if (size >= 0 && a.size() != size)
+    throw py::value_error(std::string(name) + " has the wrong length");
+  return static_cast<const T*>(a.data());
+}
+
+void halton(py::array out, uint64_t start, const py::array& bases, const py::array& ndig,
+            const py::array& terms, const py::array& offsets, const py::array& shift,
+            int workers) {
+  if (!out.dtype().equal(py::dtype::of<double>())) throw py::type_error("out must be float64");
+  if (out.ndim() != 2) throw py::value_error("out must be 2-D (n, d)");
+  if (!(out.flags() & py::array::c_style)) throw py::value_error("out is not C-contiguous");
+  if (!out.writeable()) throw py::value_error("out is read-only");
+  const int64_t n = out.shape(0), d = out.shape(1);
+  const auto* B = checked<int64_t>(bases, "bases", d);
+  const auto* K = checked<int64_t>(ndig, "ndig", d);
+  const auto* O = checked<int64_t>(offsets, "offsets", d + 1);
+  const auto* T = checked<double>(terms, "terms", -1);
+  const bool has_shift = shift.size() > 0;
+  const auto* U = checked<double>(shift, "shift", has_shift ? d : 0);
+  if (n > 1 && uint64_t(n - 1) > ~uint64_t(0) - start)
+    throw py::value_error("start + n exceeds 2**64");
+  double* X = static_cast<double*>(out.mutable_data());
+  if (n == 0 || d == 0) return;
+
+  std::vector<HaltonDim> dims(d);
+  std::vector<int64_t> pre_at(d + 1, 0);
+  static const double zero = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = B[j], k = K[j];
+    if (b < 2 || b >= (int64_t(1) << 32)) throw py::value_error("bases must be in [2, 2**32)");
+    if (k < 0 || k > kMaxDigits || O[j] < 0 || O[j + 1] > terms.size() || O[j] + k * b > O[j + 1])
+      throw py::value_error("ndig, offsets and terms disagree");
+    HaltonDim& D = dims[j];
+    D.terms = T + O[j];
+    D.base = make_divby(uint32_t(b));
+    D.ndig = int(k);
+    D.u = has_shift ? U[j] : 0.0;
+    // The most low digits whose table is no longer than the call (a 1-row call builds nothing)
+    // and no longer than kMaxPrefix; one digit always, as that table is t_0 itself.
+    const uint64_t cap = std::max<uint64_t>(uint64_t(b), std::min<uint64_t>(kMaxPrefix, n));
+    int m = 0;
+    uint64_t L = 1;
+    while (m < k && L * uint64_t(b) <= cap) L *= uint64_t(b), ++m;
+    D.m = m;
+    D.L = L;
+    D.low = make_divby(uint32_t(L));
+    pre_at[j + 1] = pre_at[j] + (m >= 2 ? int64_t(L) : 0);
+  }
+  std::vector<double> prefix(pre_at[d]);
+  for (int64_t j = 0; j < d; ++j)
+    dims[j].prefix = dims[j].m == 0 ? &zero : dims[j].m == 1 ? dims[j].terms
+                                                              : prefix.data() + pre_at[j];
+  if (workers <= 0) workers = omp_get_max_threads();
+
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  const bool many = n * d >= (int64_t(1) << 15);
+  auto fn = has_shift ? (cpu_has_avx2() ? &rows_avx2<true> : &rows_base<true>)
+                      : (cpu_has_avx2() ? &rows_avx2<false> : &rows_base<false>);
+  py::gil_scoped_release nogil;
+#pragma omp parallel num_threads(workers) if (many && workers > 1)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < d; ++j)
+      if (dims[j].m >= 2)
+        build_prefix(prefix.data() + pre_at[j], dims[j].terms, dims[j].base.v, dims[j].m);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRows, r1 = std::min(n, r0 + kRows);
+      fn(X, d, start, r0, r1, dims.data());
+    }
+  }
+}
+
+}  // namespace
+
+void bind_halton(py::module_& m) {
+  m.def("halton", &halton, py::arg("out").noconvert(), py::arg("start"), py::arg("bases"),
+        py::arg("ndig"), py::arg("terms"), py::arg("offsets"), py::arg("shift"),
+        py::arg("workers"),
+        "Rows start..start+n-1 of a Halton sequence into out (n, d), from tabulated terms "
+        "t_k[digit] = pi_k[digit] * f_k (GIL released).");
+}
+
+}  // namespace fastopt

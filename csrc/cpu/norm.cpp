@@ -1,0 +1,314 @@
+// Global-norm partials and in-place scaling on the CPU: one call for the whole list of arrays.
+// The summation order is csrc/common/norm_math.h's; blocks run on any thread into their own
+// slot and are folded afterwards in a fixed order, so the bits never depend on the schedule.
+#include <omp.h>
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "common/norm_math.h"
+#include "cpu_common.h"
+
+namespace fastopt {
+namespace {
+
+constexpr int L = kNormLanes;
+// Full blocks are summed kGroup at a time (sums only): independent streams keep more loads in
+// flight, which a single core needs to approach its read bandwidth (one stream falls ~20%
+// short). Every block still gets exactly its own lanes, so grouping changes no bit.
+constexpr int kGroup = 4;
+
+// One block of n <= kNormBlock elements: its sum of squares and (if asked) max |x|.
+using BlockFn = void (*)(const void* x, int64_t n, double s, double* sum, double* mx);
+// kGroup full blocks: their sums of squares.
+using GroupFn = void (*)(const void* const* xs, double s, double* sums);
+
+// -- portable loops ------------------------------------------------------------------------------
+
+// Rows of L elements from i on, then lanes 0..r-1 of a short last row. Also the tails of the
+// SIMD loops.
+template <bool Scaled, bool WantMax, class T>
+FO_INLINE void block_rows(const T* __restrict x, int64_t i, int64_t n, double s, double* acc,
+                          T* m) {
+  for (; i + L <= n; i += L)
+    for (int j = 0; j < L; ++j) norm_lane_add<Scaled, WantMax>(acc[j], m[j], x[i + j], s);
+  for (int j = 0; j < L && i < n; ++i, ++j)
+    norm_lane_add<Scaled, WantMax>(acc[j], m[j], x[i], s);
+}
+
+template <class T>
+FO_INLINE void block_finish(double* acc, const T* m, double* sum, double* mx) {
+  T mm = 0;
+  for (int j = 0; j < L; ++j) mm = m[j] > mm ? m[j] : mm;
+  *sum = norm_fold_lanes(acc);
+  *mx = double(mm);
+}
+
+template <bool Scaled, bool WantMax, class T>
+void block_base(const void* px, int64_t n, double s, double* sum, double* mx) {
+  double acc[L] = {};
+  T m[L] = {};
+  block_rows<Scaled, WantMax>(static_cast<const T*>(px), 0, n, s, acc, m);
+  block_finish(acc, m, sum, mx);
+}
+
+template <bool Scaled, class T>
+void group_base(const void* const* xs, double s, double* sums) {
+  double unused;
+  for (int q = 0; q < kGroup; ++q)
+    block_base<Scaled, false, T>(xs[q], kNormBlock, s, &sums[q], &unused);
+}
+
+// -- AVX2 ----------------------------------------------------------------------------------------
+#if defined(__x86_64__) || defined(__i386__)
+static_assert(kNormLanes == 16, "the AVX2 loops hold a block's 16 lanes in 4 registers");
+
+// The same lanes, four doubles per register: lane j of register k is lane 4k + j of the portable
+// loop. No reassociation and no FMA (-ffp-contract=off), so both give the same bits.
+#define FO_AVX2_INLINE FO_TARGET_AVX2 inline __attribute__((always_inline))
+
+template <bool Scaled>
+FO_AVX2_INLINE __m256d square(__m256d v, __m256d s) {
+  if (Scaled) v = _mm256_mul_pd(v, s);
+  return _mm256_mul_pd(v, v);
+}
+FO_AVX2_INLINE __m256d load4(const float* x) { return _mm256_cvtps_pd(_mm_loadu_ps(x)); }  // exact
+FO_AVX2_INLINE __m256d load4(const double* x) { return _mm256_loadu_pd(x); }
+
+FO_AVX2_INLINE __m256 abs8(__m256 v) {
+  return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+}
+FO_AVX2_INLINE __m256d abs4(__m256d v) {
+  return _mm256_and_pd(v, _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL)));
+}
+
+// max |x| of one row into m (float: 2 x 8 lanes; double: a short tree into 4 lanes). max is
+// exact and order-free; a NaN may hide other values from it, but the NaN itself shows in the
+// sum, which then decides.
+FO_AVX2_INLINE void row_max(const float* x, __m256* m) {
+  m[0] = _mm256_max_ps(abs8(_mm256_loadu_ps(x)), m[0]);
+  m[1] = _mm256_max_ps(abs8(_mm256_loadu_ps(x + 8)), m[1]);
+}
+FO_AVX2_INLINE void row_max(const double* x, __m256d* m) {
+  const __m256d lo = _mm256_max_pd(abs4(_mm256_loadu_pd(x)), abs4(_mm256_loadu_pd(x + 4)));
+  const __m256d hi = _mm256_max_pd(abs4(_mm256_loadu_pd(x + 8)), abs4(_mm256_loadu_pd(x + 12)));
+  const __m256d t = _mm256_max_pd(lo, hi);
+  m[0] = _mm256_max_pd(t, m[0]);
+}
+FO_AVX2_INLINE void store_max(float* out, const __m256* m) {
+  _mm256_storeu_ps(out, m[0]);
+  _mm256_storeu_ps(out + 8, m[1]);
+}
+FO_AVX2_INLINE void store_max(double* out, const __m256d* m) { _mm256_storeu_pd(out, m[0]); }
+
+template <class T>
+struct MaxReg;
+template <>
+struct MaxReg<float> { using type = __m256; static constexpr int n = 2; };
+template <>
+struct MaxReg<double> { using type = __m256d; static constexpr int n = 1; };
+
+template <bool Scaled, bool WantMax, class T>
+FO_TARGET_AVX2 void block_avx2(const void* px, int64_t n, double s, double* sum, double* mx) {
+  const T* x = static_cast<const T*>(px);
+  const __m256d vs = _mm256_set1_pd(s);
+  using M = typename MaxReg<T>::type;
+  __m256d a[4];
+  M m[MaxReg<T>::n];
+  for (auto& r : a) r = _mm256_setzero_pd();
+  for (auto& r : m) r = M{};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int k = 0; k < 4; ++k)
+      a[k] = _mm256_add_pd(a[k], square<Scaled>(load4(x + i + 4 * k), vs));
+    if (WantMax) row_max(x + i, m);
+  }
+  alignas(32) double acc[L];
+  T mm[L] = {};
+  for (int k = 0; k < 4; ++k) _mm256_store_pd(acc + 4 * k, a[k]);
+  store_max(mm, m);
+  block_rows<Scaled, WantMax>(x, i, n, s, acc, mm);
+  block_finish(acc, mm, sum, mx);
+}
+
+template <bool Scaled, class T>
+FO_TARGET_AVX2 void group_avx2(const void* const* xs, double s, double* sums) {
+  const T* x[kGroup];
+  for (int q = 0; q < kGroup; ++q) x[q] = static_cast<const T*>(xs[q]);
+  const __m256d vs = _mm256_set1_pd(s);
+  __m256d a[kGroup][4];
+  for (auto& g : a)
+    for (auto& r : g) r = _mm256_setzero_pd();
+  static_assert(kNormBlock % L == 0, "full blocks have no short row");
+  for (int64_t i = 0; i < kNormBlock; i += L)
+    for (int q = 0; q < kGroup; ++q)
+      for (int k = 0; k < 4; ++k)
+        a[q][k] = _mm256_add_pd(a[q][k], square<Scaled>(load4(x[q] + i + 4 * k), vs));
+  for (int q = 0; q < kGroup; ++q) {
+    alignas(32) double acc[L];
+    for (int k = 0; k < 4; ++k) _mm256_store_pd(acc + 4 * k, a[q][k]);
+    sums[q] = norm_fold_lanes(acc);
+  }
+}
+#endif
+
+template <bool Scaled, bool WantMax, class T>
+BlockFn pick_block(bool avx2) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (avx2) return &block_avx2<Scaled, WantMax, T>;
+#endif
+  return &block_base<Scaled, WantMax, T>;
+}
+
+template <bool Scaled, class T>
+GroupFn pick_group(bool avx2) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (avx2) return &group_avx2<Scaled, T>;
+#endif
+  return &group_base<Scaled, T>;
+}
+
+// -- the whole list ------------------------------------------------------------------------------
+
+// The work list: kGroup full blocks per task where possible (sums only), else one block.
+struct Task {
+  int64_t slot[kGroup];
+  int count;  // 1: one block (any length); kGroup: a group of full blocks
+};
+
+std::vector<Task> make_tasks(const std::vector<Chunk>& chunks, bool group) {
+  std::vector<Task> out;
+  out.reserve(chunks.size());
+  Task pending{};
+  for (int64_t k = 0; k < int64_t(chunks.size()); ++k) {
+    if (!group || chunks[k].end - chunks[k].begin != kNormBlock) {
+      out.push_back({{k}, 1});
+      continue;
+    }
+    pending.slot[pending.count++] = k;
+    if (pending.count == kGroup) {
+      out.push_back(pending);
+      pending = Task{};
+    }
+  }
+  for (int q = 0; q < pending.count; ++q) out.push_back({{pending.slot[q]}, 1});
+  return out;
+}
+
+template <class T>
+py::tuple partials(const py::list& arrays, double scale, bool want_max, bool baseline) {
+  std::vector<int64_t> sizes;
+  const auto X = array_pointers<T>(arrays, "arrays", false, &sizes);
+  const int64_t na = int64_t(X.size());
+  py::array_t<double> sumsq(na), maxabs(na);
+  double* out_sum = sumsq.mutable_data();
+  double* out_max = maxabs.mutable_data();
+  const bool scaled = scale != 1.0, avx2 = cpu_has_avx2() && !baseline;
+  BlockFn block;
+  if (scaled) block = want_max ? pick_block<true, true, T>(avx2) : pick_block<true, false, T>(avx2);
+  else block = want_max ? pick_block<false, true, T>(avx2) : pick_block<false, false, T>(avx2);
+  const GroupFn group = scaled ? pick_group<true, T>(avx2) : pick_group<false, T>(avx2);
+  const auto chunks = make_chunks(sizes, kNormBlock);  // the blocks, array by array, in order
+  // Grouping only pays once every thread still gets several tasks.
+  const bool group_ok = !want_max && int64_t(chunks.size()) >= 4 * kGroup * omp_get_max_threads();
+  const auto tasks = make_tasks(chunks, group_ok);
+  int64_t total = 0;
+  for (auto n : sizes) total += n;
+  std::vector<double> bsum(chunks.size()), bmax(chunks.size());
+  {
+    py::gil_scoped_release nogil;
+    const int64_t nt = int64_t(tasks.size());
+    // Any thread may take any task: each block writes only its own slot.
+#pragma omp parallel for schedule(dynamic, 1) if (total >= (1 << 15) && nt > 1)
+    for (int64_t t = 0; t < nt; ++t) {
+      const Task& w = tasks[t];
+      if (w.count == 1) {
+        const Chunk& c = chunks[w.slot[0]];
+        block(X[c.array] + c.begin, c.end - c.begin, scale, &bsum[w.slot[0]], &bmax[w.slot[0]]);
+      } else {
+        const void* xs[kGroup];
+        double sums[kGroup];
+        for (int q = 0; q < kGroup; ++q) {
+          const Chunk& c = chunks[w.slot[q]];
+          xs[q] = X[c.array] + c.begin;
+        }
+        group(xs, scale, sums);
+        for (int q = 0; q < kGroup; ++q) bsum[w.slot[q]] = sums[q];
+      }
+    }
+    int64_t k = 0;
+    for (int64_t a = 0; a < na; ++a) {  // fixed order: an array's blocks, folded in halves
+      const int64_t nb = (sizes[a] + kNormBlock - 1) / kNormBlock;
+      double mx = 0;
+      if (want_max)
+        for (int64_t j = k; j < k + nb; ++j) mx = std::max(mx, bmax[j]);
+      out_sum[a] = norm_fold_pairwise(bsum.data() + k, nb);
+      out_max[a] = mx;
+      k += nb;
+    }
+  }
+  return py::make_tuple(sumsq, maxabs);
+}
+
+// x <- s x, s rounded once to the storage type (as the optimizer kernels apply grad_scale).
+template <class T>
+FO_INLINE void scale_loop(T* __restrict x, int64_t n, T s) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = s * x[i];
+}
+template <class T>
+FO_TARGET_AVX2 void scale_avx2(T* x, int64_t n, T s) { scale_loop(x, n, s); }
+template <class T>
+void scale_base(T* x, int64_t n, T s) { scale_loop(x, n, s); }
+
+template <class T>
+void scale(const py::list& arrays, double factor) {
+  std::vector<int64_t> sizes;
+  const auto X = array_pointers<T>(arrays, "arrays", true, &sizes);
+  const T s = T(factor);
+  auto fn = cpu_has_avx2() ? &scale_avx2<T> : &scale_base<T>;
+  int64_t total = 0;
+  for (auto n : sizes) total += n;
+  const auto chunks = make_chunks(sizes, kCpuChunk);
+  py::gil_scoped_release nogil;
+  parallel_chunks(chunks, total, [&](const Chunk& c) {
+    fn(X[c.array] + c.begin, c.end - c.begin, s);
+  });
+}
+
+bool is_f64(const py::list& arrays) {
+  if (arrays.size() == 0) return false;
+  auto first = py::reinterpret_borrow<py::array>(arrays[0]);
+  if (first.dtype().equal(py::dtype::of<double>())) return true;
+  if (first.dtype().equal(py::dtype::of<float>())) return false;
+  throw py::type_error("arrays must be float32 or float64");
+}
+
+py::tuple norm_partials(const py::list& arrays, double scale, bool want_max, bool baseline) {
+  return is_f64(arrays) ? partials<double>(arrays, scale, want_max, baseline)
+                        : partials<float>(arrays, scale, want_max, baseline);
+}
+
+void norm_scale(const py::list& arrays, double factor) {
+  if (arrays.size() == 0) return;
+  is_f64(arrays) ? scale<double>(arrays, factor) : scale<float>(arrays, factor);
+}
+
+}  // namespace
+
+void bind_norm(py::module_& m) {
+  m.def("norm_partials", &norm_partials, py::arg("arrays"), py::arg("scale"),
+        py::arg("want_max"), py::arg("baseline") = false,
+        "Per array: float64 sum of (scale*x)^2 in the fixed block/lane order, and max |x| "
+        "(0 unless want_max); one call over the list, GIL released. baseline=True skips the "
+        "AVX2 loops (tests check both give the same bits).");
+  m.def("norm_scale", &norm_scale, py::arg("arrays"), py::arg("factor"),
+        "x <- T(factor) * x in place for every array (one call).");
+  m.attr("norm_block") = kNormBlock;
+  m.attr("norm_lanes") = kNormLanes;
+}
+
+}  // namespace fastopt

@@ -1,0 +1,77 @@
+"""The ``cuda`` backend: thin adapters over the CUDA extension fastopt._C_cuda.
+
+Every function has the signature of its twin in ``fastopt._reference`` and takes device arrays
+(validated already): their addresses, sizes, device and the producer's current stream go to
+the extension; nothing is copied and nothing waits, except ``norm_partials``, whose caller asked
+for numbers on the host.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _device
+
+_NO_SHIFT = np.zeros(0)  # the kernel reads an empty shift as "no shift"
+
+
+@functools.lru_cache(maxsize=None)
+def _ext():
+    from . import _C_cuda
+    return _C_cuda
+
+
+def unavailable_reason() -> str | None:
+    """None when the extension is built and a CUDA device is visible, else why not."""
+    try:
+        ext = _ext()
+    except ImportError as e:
+        return (f"the CUDA extension fastopt._C_cuda is not built ({e}); install fastopt where "
+                "nvcc works: FASTOPT_CUDA=1 pip install --force-reinstall .")
+    count, error = ext.device_count()
+    if count == 0:
+        return f"no CUDA device ({error})"
+    return None
+
+
+def _where(arrays):
+    """(device, dtype name, stream) of a validated, non-empty list."""
+    info = _device.describe(arrays[0])
+    device = info.device if info.device >= 0 else _device.current_device()
+    return device, str(info.dtype), _device.stream(arrays[0])
+
+
+def optim_update(rule, params, grads, states, k):
+    if not params:
+        return
+    device, dtype, stream = _where(params)
+    _ext().optim_update(device, rule, dtype, _device.pointers(params), _device.pointers(grads),
+                        [_device.pointers(s) for s in states], _device.sizes(params), list(k),
+                        stream)
+
+
+def norm_partials(arrays, scale, want_max):
+    if not arrays:
+        return np.zeros(0), np.zeros(0)
+    device, dtype, stream = _where(arrays)
+    return _ext().norm_partials(device, dtype, _device.pointers(arrays), _device.sizes(arrays),
+                                float(scale), bool(want_max), stream)
+
+
+def norm_scale(arrays, factor):
+    if not arrays:
+        return
+    device, dtype, stream = _where(arrays)
+    _ext().norm_scale(device, dtype, _device.pointers(arrays), _device.sizes(arrays),
+                      float(factor), stream)
+
+
+def halton(out, start, tab, ndig, workers):
+    """Rows into the (n, d) float64 device array ``out``; ``workers`` has no meaning here."""
+    n, d = out.shape
+    device, _, stream = _where([out])
+    shift = tab.shift if tab.shift is not None else _NO_SHIFT
+    _ext().halton(device, _device.pointers([out])[0], n, d, int(start), tab.bases,
+                  np.ascontiguousarray(ndig, dtype=np.int64), tab.terms, tab.offsets, shift,
+                  stream)

@@ -1,0 +1,151 @@
+"""Numba norm kernels: the block/lane summation order of fastopt/_reference/norm.py, bit for bit.
+
+One compiled call for the whole list: the arrays travel as a table of data addresses and sizes
+(a numba typed list of 200 arrays costs tens of milliseconds to build, and one parallel launch
+per array is slow when the C++ backend's OpenMP threads are also about). Every block of every
+array runs on any thread into its own slot, so the thread count cannot change the result.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic
+
+from .._registry import NORM_BLOCK, NORM_LANES
+from .optim import _JIT, SERIAL_BELOW, _twins
+
+# Literal, not read from the registry: numba's on-disk cache only notices edits to this file, so
+# a changed registry must fail here instead of running stale compiled constants.
+_B, _L = 1 << 14, 16
+if (_B, _L) != (NORM_BLOCK, NORM_LANES):
+    raise ImportError(f"fastopt._numba.norm has block/lanes {(_B, _L)} but the registry says "
+                      f"{(NORM_BLOCK, NORM_LANES)}; update this file")
+
+
+@njit(**_JIT)
+def _block(x, b, e, scale, want_max):
+    """(sum of (scale*x)^2 over x[b:e] in lane order, max |x| or 0) as float64."""
+    acc = np.zeros(_L)
+    m = 0.0
+    i = b
+    while i + _L <= e:
+        for j in range(_L):
+            v = np.float64(x[i + j]) * scale
+            acc[j] += v * v
+        if want_max:
+            for j in range(_L):
+                a = np.float64(abs(x[i + j]))
+                m = a if a > m else m
+        i += _L
+    j = 0
+    while i < e:
+        v = np.float64(x[i]) * scale
+        acc[j] += v * v
+        if want_max:
+            a = np.float64(abs(x[i]))
+            m = a if a > m else m
+        i += 1
+        j += 1
+    h = _L // 2
+    while h >= 1:
+        for j in range(h):
+            acc[j] += acc[j + h]
+        h //= 2
+    return acc[0], m
+
+
+@njit(**_JIT)
+def _fold(v, n):
+    """pairwise_sum of v[:n] in place (fold in halves, zero padding implied)."""
+    if n == 0:
+        return 0.0
+    w = 1
+    while w < n:
+        w *= 2
+    while w > 1:
+        h = w // 2
+        for j in range(n - h):
+            v[j] += v[j + h]
+        if n > h:
+            n = h
+        w = h
+    return v[0]
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The address of an array's data as a typed pointer (for numba.carray)."""
+    sig = types.CPointer(like.dtype)(types.intp, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
+def _partials(addresses, sizes, like, scale, want_max):
+    na = addresses.size
+    nb = (sizes + _B - 1) // _B
+    first = np.zeros(na + 1, np.int64)  # first block of each array in the table
+    for a in range(na):
+        first[a + 1] = first[a] + nb[a]
+    owner = np.zeros(first[na], np.int64)
+    for a in range(na):
+        owner[first[a]:first[a + 1]] = a
+    sums = np.zeros(first[na])
+    maxs = np.zeros(first[na])
+    for k in prange(first[na]):  # every block of every array, each into its own slot
+        a = owner[k]
+        x = carray(_pointer(addresses[a], like), sizes[a])
+        b = (k - first[a]) * _B
+        sums[k], maxs[k] = _block(x, b, min(sizes[a], b + _B), scale, want_max)
+    sumsq = np.zeros(na)
+    maxabs = np.zeros(na)
+    for a in range(na):
+        m = 0.0
+        for k in range(first[a], first[a + 1]):
+            m = maxs[k] if maxs[k] > m else m
+        maxabs[a] = m
+        sumsq[a] = _fold(sums[first[a]:first[a + 1]], nb[a])
+    return sumsq, maxabs
+
+
+def _scale(addresses, sizes, like, s):
+    na = addresses.size
+    nc = (sizes + _B - 1) // _B
+    first = np.zeros(na + 1, np.int64)
+    for a in range(na):
+        first[a + 1] = first[a] + nc[a]
+    owner = np.zeros(first[na], np.int64)
+    for a in range(na):
+        owner[first[a]:first[a + 1]] = a
+    for k in prange(first[na]):
+        a = owner[k]
+        x = carray(_pointer(addresses[a], like), sizes[a])
+        for i in range((k - first[a]) * _B, min(sizes[a], (k - first[a] + 1) * _B)):
+            x[i] = s * x[i]
+
+
+_partials_parallel, _partials_serial = _twins(_partials)
+_scale_parallel, _scale_serial = _twins(_scale)
+
+
+def _table(arrays):
+    """Data addresses and sizes: the arrays stay alive (and in place) for the caller's call."""
+    addresses = np.array([a.__array_interface__["data"][0] for a in arrays], np.intp)
+    sizes = np.array([a.size for a in arrays], np.int64)
+    return addresses, sizes
+
+
+def norm_partials(arrays, scale, want_max):
+    if not arrays:
+        return np.zeros(0), np.zeros(0)
+    addresses, sizes = _table(arrays)
+    run = _partials_serial if sizes.sum() < SERIAL_BELOW else _partials_parallel
+    return run(addresses, sizes, arrays[0].reshape(-1)[:0], np.float64(scale), bool(want_max))
+
+
+def norm_scale(arrays, factor):
+    if arrays:
+        addresses, sizes = _table(arrays)
+        run = _scale_serial if sizes.sum() < SERIAL_BELOW else _scale_parallel
+        run(addresses, sizes, arrays[0].reshape(-1)[:0], arrays[0].dtype.type(factor))

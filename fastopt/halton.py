@@ -1,0 +1,207 @@
+"""Scrambled, shifted Halton sequences, index-addressable and bit-identical on every backend."""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _device, _dispatch
+from ._registry import DEVICE_BACKENDS, F64
+from ._validate import integer
+
+__all__ = ["halton"]
+
+#: Largest index + 1 a point may have (indices are unsigned 64-bit).
+INDEX_LIMIT = 2**64
+
+
+def halton(n, d, *, seed=None, scramble=True, shift=False, start=0, backend=None, workers=None):
+    r"""Rows ``start .. start + n - 1`` of the d-dimensional Halton sequence, shape (n, d).
+
+    Dimension :math:`j` uses the :math:`j`-th prime :math:`b_j` (2, 3, 5, ...). Point :math:`i`
+    has, in dimension :math:`j`, the radical inverse of :math:`i` in base :math:`b = b_j` with its
+    digits permuted:
+
+    .. math::
+
+        x_j(i) = \sum_{k=0}^{K-1} \pi_{j,k}\big(q_k(i)\big)\, b^{-(k+1)},
+        \qquad i = \sum_k q_k(i)\, b^k,\quad K = \lceil 54 / \log_2 b \rceil - 1,
+
+    summed from :math:`k = 0` upward in float64 with the factor :math:`f_{k+1} = f_k / b`,
+    :math:`f_0 = 1/b` (SPEC §4). The permutations :math:`\pi_{j,k}` are ``arange(b)`` shuffled
+    by ``numpy.random.default_rng(seed).shuffle``, dimension by dimension and digit by digit, so
+    the result equals ``scipy.stats.qmc.Halton(d, scramble=True, seed=seed).random(n)`` bit for
+    bit. ``scramble=False`` uses :math:`\pi = \mathrm{id}` over all the digits of :math:`i`
+    (row 0 is then the origin, as in SciPy). ``shift=True`` then draws
+    :math:`u =` ``rng.random(d)`` from the same generator and returns :math:`(x_j + u_j) \bmod 1`.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows, ``n >= 0``.
+    d : int
+        Dimension, ``d >= 1``.
+    seed : int or None
+        Seed of the permutations and the shift. ``seed=0`` is a seed like any other; ``None``
+        draws fresh entropy. Tables for an integer seed are built once per (seed, d) and
+        cached, so asking for one row at a time (one trial per worker) stays cheap.
+    scramble, shift : bool
+        Random digit permutations (default on) and random shift (default off).
+    start : int
+        Index of the first row: ``halton(n, d, start=k)`` equals rows ``k .. k + n - 1`` of
+        ``halton(k + n, d)``, and skipping costs nothing. Indices are unsigned 64-bit
+        (``start + n <= 2**64``; scrambled bases use only the first ``K`` digits of an index).
+    backend : str or None
+        ``"cpp"``, ``"numba"`` or ``"numpy"``; default: ``$FASTOPT_BACKEND`` or the fastest
+        available. ``"cuda"`` or ``"numba-cuda"`` compute on the GPU and return a device array
+        (CuPy if installed, else PyTorch, else Numba). Every backend returns the same bits.
+    workers : int or None
+        Threads to use (None or -1: all). The result does not depend on it.
+
+    Returns
+    -------
+    numpy.ndarray (or a device array from a GPU backend)
+        float64, shape (n, d), values in [0, 1).
+    """
+    n = integer(n, "n", lo=0)
+    d = integer(d, "d", lo=1)
+    start = integer(start, "start", lo=0)
+    if start + n > INDEX_LIMIT:
+        raise ValueError(f"start + n must be <= 2**64 (64-bit point indices), got start={start}, "
+                         f"n={n}")
+    seed = _check_seed(seed)
+    for value, name in ((scramble, "scramble"), (shift, "shift")):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    workers = _check_workers(workers)
+    device = (backend or os.environ.get("FASTOPT_BACKEND")) in DEVICE_BACKENDS
+    name = _dispatch.resolve("halton.halton", backend, device=device, dtype=F64)
+    tab = tables(seed, d, bool(scramble), bool(shift))
+    out = _device.empty((n, d), F64) if device else np.empty((n, d), dtype=np.float64)
+    if n:
+        ndig = tab.ndig if scramble else _index_digits(start + n - 1, tab.bases)
+        _dispatch.module(name).halton(out, start, tab, ndig, workers)
+    return out
+
+
+class HaltonTables(NamedTuple):
+    """Everything a backend needs besides the row range; read-only, shared through the cache."""
+
+    bases: np.ndarray  #: int64 (d,): the first d primes
+    ndig: np.ndarray  #: int64 (d,): digit positions tabulated per dimension
+    perms: tuple | None  #: per dimension a (K, b) array of permutations; None: unscrambled
+    terms: np.ndarray  #: float64: dimension j's rows t_k[e] = pi_k[e] * f_k, flattened
+    offsets: np.ndarray  #: int64 (d + 1,): where each dimension's terms start
+    shift: np.ndarray | None  #: float64 (d,) or None
+
+
+def tables(seed, d: int, scramble: bool, shift: bool) -> HaltonTables:
+    """The tables of one (seed, d, scramble, shift); cached unless fresh entropy is asked for."""
+    if not scramble and not shift:
+        return _cached(0, d, False, False)  # nothing random: the seed does not matter
+    if seed is None:
+        return _build(np.random.default_rng(), d, scramble, shift)
+    return _cached(seed, d, scramble, shift)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(seed: int, d: int, scramble: bool, shift: bool) -> HaltonTables:
+    if not shift:
+        return _build(np.random.default_rng(seed), d, scramble, False)
+    # The unshifted tables plus u, drawn after the permutations (redrawn here only to advance
+    # the generator), so that both variants share one set of terms.
+    base = _cached(seed if scramble else 0, d, scramble, False)
+    rng = np.random.default_rng(seed)
+    if scramble:
+        _permutations(rng, base.bases)
+    return base._replace(shift=_frozen(rng.random(d)))
+
+
+def _build(rng: np.random.Generator, d: int, scramble: bool, shift: bool) -> HaltonTables:
+    bases = primes(d)
+    perms = _permutations(rng, bases) if scramble else None
+    u = rng.random(d) if shift else None  # after the permutations, from the same generator
+    rows = []
+    for j, b in enumerate(bases):
+        b = int(b)
+        if scramble:
+            digits = perms[j]
+        else:  # identity permutations over every digit a 64-bit index can have
+            digits = np.tile(np.arange(b), (_index_digits(2**64 - 1, [b])[0], 1))
+        t = np.empty(digits.shape)
+        f = 1.0 / b
+        for k in range(len(digits)):
+            t[k] = digits[k] * f  # the spec's product pi_k[e] * f_k, once per table entry
+            f /= b
+        rows.append(t)
+    offsets = np.zeros(d + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([t.size for t in rows])
+    terms = np.concatenate([t.ravel() for t in rows])
+    ndig = np.array([len(t) for t in rows], dtype=np.int64)
+    return HaltonTables(_frozen(bases), _frozen(ndig),
+                        None if perms is None else tuple(_frozen(p) for p in perms),
+                        _frozen(terms), _frozen(offsets), None if u is None else _frozen(u))
+
+
+def _permutations(rng: np.random.Generator, bases) -> list[np.ndarray]:
+    """SPEC §4: per dimension in order, per digit position in order, arange(b) shuffled."""
+    out = []
+    for b in bases:
+        b = int(b)
+        K = math.ceil(54 / math.log2(b)) - 1
+        perm = np.empty((K, b), dtype=np.int64)
+        for k in range(K):
+            row = np.arange(b, dtype=np.int64)
+            rng.shuffle(row)
+            perm[k] = row
+        out.append(perm.astype(np.min_scalar_type(b - 1)))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def primes(d: int) -> np.ndarray:
+    """The first d primes (int64), by a sieve sized with Rosser's bound p_d < d (ln d + ln ln d)."""
+    limit = 16 if d < 6 else int(d * (math.log(d) + math.log(math.log(d)))) + 1
+    sieve = np.ones(limit + 1, dtype=bool)
+    sieve[:2] = False
+    for p in range(2, math.isqrt(limit) + 1):
+        if sieve[p]:
+            sieve[p * p::p] = False
+    return _frozen(np.flatnonzero(sieve)[:d].astype(np.int64))
+
+
+def _index_digits(index: int, bases) -> np.ndarray:
+    """How many base-b digits ``index`` has, for each base (0 for index 0)."""
+    q = np.full(len(bases), index, dtype=np.uint64)
+    b = np.asarray(bases, dtype=np.uint64)
+    count = np.zeros(len(bases), dtype=np.int64)
+    while q.any():
+        count += q > 0
+        q //= b
+    return count
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def _check_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative integer or None, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+    return int(seed)
+
+
+def _check_workers(workers) -> int:
+    if workers is None or (not isinstance(workers, bool) and isinstance(workers, numbers.Integral)
+                           and workers == -1):
+        return 0  # all threads
+    return integer(workers, "workers", lo=1)

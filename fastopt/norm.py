@@ -1,0 +1,243 @@
+r"""Global gradient norm and clipping by it (SPEC §3), deterministic to the bit.
+
+.. math::
+
+    \|g\| = \Big(\sum_a \sum_i g_{a,i}^2\Big)^{1/2}, \qquad
+    \operatorname{clip}(g, \lambda) = \begin{cases} \lambda\, g / \|g\| & \|g\| > \lambda \\
+                                                   g & \text{otherwise} \end{cases}
+
+The sum runs in float64 in one fixed order (blocks of ``NORM_BLOCK`` elements, ``NORM_LANES``
+lanes, halves folded; see ``fastopt/_reference/norm.py``), so the result has the same bits for
+any thread count, any run and every CPU backend. float32 squares cannot overflow or underflow in
+float64; for float64 inputs a second pass with an exact power-of-two scaling (the scaled sum of
+squares of BLAS ``nrm2``) keeps every finite input finite and accurate. Any NaN gives NaN; any
+infinity (and no NaN) gives inf.
+
+How it is computed, in steps that a sharded (data-parallel) caller can all-reduce between:
+``_sum_of_squares`` reads the arrays once for the float64 sum of squares; only when that sum is
+inf or below 2**-900 (overflow, underflow, an infinity or all zeros) does a second pass fetch the
+max |x| and, if needed, a third take the sum again scaled by an exact power of two. ``_finish``
+takes the root. With a communicator, the sum would be all-reduced (sum, float64) after each
+pass and the max (max) after the second, before each decision.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _dispatch
+from ._reference.norm import pairwise_sum
+from ._registry import F32, F64
+from ._validate import (as_list, check_float_arrays, check_no_overlap, dtype_of, is_device_array,
+                        real)
+
+__all__ = ["global_norm", "clip_by_global_norm"]
+
+F16 = np.dtype(np.float16)
+
+#: A sum of squares at least this large (and finite) is right as it stands: squares that
+#: underflow (|x| < 2**-511) err by at most 2**-1075 each, n * 2**-1075 <= 2**-900 * 2**-120
+#: for any n < 2**55. Below it, or at inf, the max |x| decides whether to rescale.
+_SAFE_SUM = 2.0 ** -900
+#: Below this max |x|, float64 squares may underflow by enough to show: rescale. Elements
+#: smaller than 2**-511 square to subnormals; with max |x| >= 2**-480 their total error stays
+#: below 2**-1021 * n, which is under 1e-16 of max|x|**2 for any n < 2**40.
+_TINY = 2.0 ** -480
+#: The rescaling exponent is clamped so that 2**exp is a normal double.
+_EXP_LIMIT = 1000
+
+
+class _Partials(NamedTuple):
+    """What one read pass yields, per array (float64 arrays)."""
+    sumsq: np.ndarray  # sum of (2**exp * x)**2 in the fixed order
+    maxabs: np.ndarray | None  # max |x|, unscaled, if asked for; meaningless where sumsq is NaN
+    exp: int
+
+
+def _dtypes(arrays) -> list:
+    # validated arrays are all NumPy or all device arrays; the first says which
+    if arrays and isinstance(arrays[0], np.ndarray):
+        return [a.dtype for a in arrays]
+    return [dtype_of(a) for a in arrays]
+
+
+def _pass(arrays, exp, backend, want_max=False) -> _Partials:
+    """One read pass: one kernel call per dtype present (one in the common case)."""
+    n = len(arrays)
+    scale = math.ldexp(1.0, exp)
+    dts = _dtypes(arrays)
+    if len(set(dts)) <= 1:
+        if not n:
+            return _Partials(np.zeros(0), np.zeros(0) if want_max else None, exp)
+        name = _dispatch.resolve("norm.global_norm", backend, device=is_device_array(arrays[0]),
+                                 dtype=dts[0])
+        s, m = _dispatch.module(name).norm_partials(arrays, scale, want_max)
+        return _Partials(np.asarray(s, np.float64),
+                         np.asarray(m, np.float64) if want_max else None, exp)
+    sumsq, maxabs = np.zeros(n), np.zeros(n)
+    for dt in sorted(set(dts), key=str):
+        idx = [i for i, d in enumerate(dts) if d == dt]
+        p = _pass([arrays[i] for i in idx], exp, backend, want_max)
+        sumsq[idx] = p.sumsq
+        if want_max:
+            maxabs[idx] = p.maxabs
+    return _Partials(sumsq, maxabs if want_max else None, exp)
+
+
+def _rescale_exp(total: float, maxabs: float) -> int:
+    """0 when sqrt(total) is already right, else the exponent e that puts 2**e * max|x| near 1."""
+    if math.isnan(total) or math.isinf(maxabs) or maxabs == 0:
+        return 0
+    if math.isinf(total) or maxabs < _TINY:
+        e = math.frexp(maxabs)[1]  # maxabs = f * 2**e, 0.5 <= f < 1
+        return max(-_EXP_LIMIT, min(_EXP_LIMIT, -e))
+    return 0
+
+
+def _finish(total: float, maxabs: float | None, exp: int) -> float:
+    """The norm from the all-array sum of squares taken at scale 2**exp."""
+    if math.isnan(total):
+        return math.nan
+    if maxabs is not None and math.isinf(maxabs):
+        return math.inf
+    try:
+        return math.ldexp(math.sqrt(total), -exp)
+    except OverflowError:  # a true norm above the largest double
+        return math.inf
+
+
+def _sum_of_squares(arrays, backend, want_max=False):
+    """-> (total, max |x| or None, partials): the float64 sum over all arrays at scale
+    2**partials.exp, exact to rounding for every finite input.
+
+    One pass in the common case; a pass for the max when the sum is inf or tiny, and a scaled
+    pass when that max says the squares overflowed or underflowed (float64 inputs only). A
+    ``comm`` would all-reduce ``total`` (and the max) right after each pass.
+    """
+    p = _pass(arrays, 0, backend, want_max)
+    total = pairwise_sum(p.sumsq)
+    if math.isnan(total) or (_SAFE_SUM <= total < math.inf and not want_max):
+        return total, None, p
+    if p.maxabs is None:
+        p = _pass(arrays, 0, backend, True)
+    maxabs = float(np.fmax.reduce(p.maxabs, initial=0.0))
+    exp = _rescale_exp(total, maxabs)
+    if exp:
+        p = _pass(arrays, exp, backend, True)
+        total = pairwise_sum(p.sumsq)
+    return total, maxabs, p
+
+
+def _per_array(arrays, p: _Partials, backend) -> np.ndarray:
+    """Each array's 2-norm from a shared pass; an array whose own sum is inf or tiny at the
+    shared scale (overflow, underflow, an infinity, all zeros) gets its own passes."""
+    with np.errstate(over="ignore"):
+        norms = np.ldexp(np.sqrt(p.sumsq), -p.exp)
+    redo = ~np.isnan(p.sumsq) & ~((p.sumsq >= _SAFE_SUM) & (p.sumsq < np.inf))
+    for i in np.flatnonzero(redo):
+        total, maxabs, q = _sum_of_squares([arrays[i]], backend)
+        norms[i] = _finish(total, maxabs, q.exp)
+    return norms
+
+
+def _norm_checked(arrays, backend) -> float:
+    """The global 2-norm of arrays that were validated already (the optimizers' norm pass)."""
+    total, maxabs, p = _sum_of_squares(arrays, backend)
+    return _finish(total, maxabs, p.exp)
+
+
+def _read_arrays(arrays, name):
+    arrays = as_list(arrays, name)
+    for a in arrays:  # the common case in one tight loop; anything else gets the full checks
+        if type(a) is not np.ndarray or (a.dtype is not F32 and a.dtype is not F64) \
+                or not a.flags.c_contiguous:
+            break
+    else:
+        return arrays
+    # Reading a copy is harmless: lay out non-contiguous host inputs, widen float16 (exactly).
+    arrays = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) and not a.flags.c_contiguous
+              else a for a in arrays]
+    check_float_arrays(arrays, name, writable=False, dtypes=(F16, F32, F64))
+    return [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == F16 else a
+            for a in arrays]
+
+
+def global_norm(arrays, *, ord=2, per_array=False, backend=None):
+    r"""The norm of all elements of all arrays taken together, as a Python float.
+
+    .. math::
+
+        \text{ord}=2:\ \Big(\sum_a \sum_i x_{a,i}^2\Big)^{1/2} \qquad
+        \text{ord}=\infty:\ \max_{a,i} |x_{a,i}|
+
+    Args:
+      arrays: an array or a list/tuple of arrays (float16, float32, float64; may be mixed), all
+        NumPy or all on one GPU. Nothing is written; non-contiguous NumPy arrays are read
+        through a contiguous copy.
+      ord: 2 (default) or ``math.inf``.
+      per_array: also return each array's norm (same ``ord``) as a float64 array.
+      backend: ``"cpp"``, ``"numba"``, ``"numpy"`` or None (fastest available). All give the
+        same bits.
+
+    Returns:
+      the norm, or ``(norm, norms)`` with ``per_array=True``. The sum of squares is taken in
+      float64 in a fixed order (deterministic), is exact to ~1e-15 relative for any finite
+      input (no overflow or underflow), is NaN if any element is NaN and inf if any is ±inf.
+    """
+    arrays = _read_arrays(arrays, "arrays")
+    if isinstance(ord, bool) or ord not in (2, math.inf):
+        raise ValueError(f"ord must be 2 or math.inf, got {ord!r}")
+    if not isinstance(per_array, (bool, np.bool_)):
+        raise TypeError(f"per_array must be a bool, got {type(per_array).__name__}")
+    total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2)
+    if ord == 2:
+        norm = _finish(total, maxabs, p.exp)
+        return (norm, _per_array(arrays, p, backend)) if per_array else norm
+    norm = math.nan if math.isnan(total) else maxabs
+    if not per_array:
+        return norm
+    return norm, np.where(np.isnan(p.sumsq), np.nan, p.maxabs)
+
+
+def clip_by_global_norm(arrays, max_norm, *, backend=None) -> float:
+    r"""Scale every array in place so that the global norm is at most ``max_norm``.
+
+    .. math::
+
+        T = \|g\|, \qquad g \leftarrow \frac{\lambda}{T}\, g \quad \text{if } \lambda < T < \infty
+
+    The factor λ/T is computed in float64 and rounded once to the arrays' dtype, as the
+    optimizers apply ``grad_scale``; nothing is written when T <= λ or T is NaN or inf.
+
+    Args:
+      arrays: an array or a list/tuple of writable, C-contiguous float32/float64 arrays that do
+        not overlap.
+      max_norm: λ > 0.
+      backend: as for ``global_norm``.
+
+    Returns:
+      T, the **unclipped** norm (NaN or inf as found).
+    """
+    arrays = as_list(arrays, "arrays")
+    check_float_arrays(arrays, "arrays", writable=True)
+    check_no_overlap({"arrays": arrays})
+    max_norm = real(max_norm, "max_norm", lo=0, lo_open=True)
+    norm = _norm_checked(arrays, backend)
+    if math.isfinite(norm) and norm > max_norm:
+        _scale(arrays, max_norm / norm, backend)
+    return norm
+
+
+def _scale(arrays, factor: float, backend) -> None:
+    """x <- factor * x in place, one kernel call per dtype present (all resolved first, so a
+    missing kernel writes nothing)."""
+    dts = _dtypes(arrays)
+    calls = []
+    for dt in sorted(set(dts), key=str):
+        group = [a for a, d in zip(arrays, dts) if d == dt]
+        name = _dispatch.resolve("norm.scale", backend, device=is_device_array(group[0]), dtype=dt)
+        calls.append((_dispatch.module(name).norm_scale, group))
+    for fn, group in calls:
+        fn(group, factor)
