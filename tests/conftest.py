@@ -30,3 +30,24 @@ def cpu_cases(kernel):
 
 def snapshot(arrays):
     return [a.tobytes() for a in arrays]
+
+
+def fastopt_env(**extra) -> dict:
+    """Environment for a subprocess that must import the same fastopt as this process (the
+    installed one in CI, not the source tree of the clone without its extension)."""
+    from pathlib import Path
+
+    import fastopt
+
+    parent = str(Path(fastopt.__file__).resolve().parents[1])
+    return {**os.environ, **extra,
+            "PYTHONPATH": os.pathsep.join([parent, os.environ.get("PYTHONPATH", "")])}
+
+
+#: A working directory for such subprocesses: the folder that holds the imported fastopt.
+def fastopt_parent():
+    from pathlib import Path
+
+    import fastopt
+
+    return Path(fastopt.__file__).resolve().parents[1]

@@ -10,6 +10,8 @@ import fastopt
 from fastopt import __main__ as cli
 from fastopt import bench
 
+from conftest import fastopt_env, fastopt_parent
+
 TINY = ["bench", "--quick", "--sizes", "2^12", "--repeats", "3"]
 
 
@@ -30,7 +32,7 @@ def test_info_json(capsys):
 
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastopt", "info"], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, env=fastopt_env(), cwd=fastopt_parent())
     assert out.returncode == 0 and "backends:" in out.stdout, out.stderr
 
 

@@ -1,11 +1,9 @@
 """global_norm and clip_by_global_norm (SPEC §3): exactness against an exactly rounded reference,
 bit-identical results across backends, thread counts and runs, NaN/inf rules, bad input."""
 import math
-import os
 import subprocess
 import sys
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,8 @@ import fastopt
 from fastopt import _dispatch, _registry
 from fastopt.norm import clip_by_global_norm, global_norm
 
-from conftest import cpu_cases, snapshot
+from conftest import cpu_cases, fastopt_env, fastopt_parent, snapshot
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = [b for b in _registry.KERNELS["norm.global_norm"] if b in _registry.CPU_BACKENDS]
 CASES = cpu_cases("norm.global_norm")
 
@@ -254,9 +251,8 @@ print("\n".join(out))
 
 
 def _run(threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True,
+    env = fastopt_env(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=fastopt_parent(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

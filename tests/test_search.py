@@ -3,12 +3,10 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,8 @@ from fastopt.__main__ import main as cli_main
 from fastopt.halton import halton
 from fastopt.search import adam_kwargs, adam_space
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import fastopt_env
+
 
 SPACE = {
     "lr": {"min": 1e-5, "max": 1e-1, "scaling": "log"},
@@ -301,7 +300,7 @@ def test_cli_errors(space_file, tmp_path, capsys):
 
 
 def test_python_dash_m_fastopt_search(space_file):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = fastopt_env()
     cmds = [[sys.executable, "-m", "fastopt"]]
     if shutil.which("fastopt"):
         cmds.append(["fastopt"])
