@@ -66,8 +66,12 @@ OPTIM_STATE: dict[str, tuple[tuple[str, float], ...]] = {
 }
 
 #: Host-computed float64 scalars every optimizer kernel receives, in this order.
+#: nm, ng: NAdam's numerator nm*m + ng*g (default beta1, 1-beta1; PyTorch's momentum-decay
+#: schedule otherwise). eps_out, lr_out: RMSProp's m <- gamma m + lr g / (sqrt(v + eps) + eps_out),
+#: theta <- theta - lr_out m (defaults 0 and 1 give the source document's rule; PyTorch's is
+#: eps = 0, eps_out = eps, lr = 1, lr_out = eta).
 OPTIM_SCALARS = ("lr", "wd", "gscale", "momentum", "rho", "beta1", "beta2", "eps",
-                 "alpha", "c", "decay")
+                 "alpha", "c", "decay", "nm", "ng", "eps_out", "lr_out")
 
 #: Rule -> the kernel that runs it (AdamW is Adam with a decay factor).
 OPTIM_KERNEL = {name: ("adam" if name == "adamw" else name) for name in OPTIMIZERS}

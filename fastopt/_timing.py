@@ -10,13 +10,16 @@ import time
 
 
 def interleaved(contenders: dict, *, repeats: int = 15, warmup: int = 2,
-                budget_s: float | None = None, gap_s: float = 0.002) -> dict:
+                budget_s: float | None = None, gap_s: float = 0.002, before=None) -> dict:
     """Median seconds per call of each zero-argument callable, measured round-robin.
 
     ``budget_s`` caps the wall time: repeats stop early (at least 3) once it is spent.
     ``gap_s`` of idle time separates calls: OpenMP runtimes (ours, numba's, torch's) keep their
     threads spinning for a while after a parallel region, which would otherwise steal the cores
     from the next contender.
+    ``before``, if given, is called (untimed) right before every timed call: an MPI barrier, so
+    that the ranks of a collective start it together and one's lateness is not timed as the
+    next collective's cost.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -26,6 +29,8 @@ def interleaved(contenders: dict, *, repeats: int = 15, warmup: int = 2,
     for r in range(repeats):
         for name, fn in contenders.items():
             time.sleep(gap_s)
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -66,7 +66,8 @@ def scalars(rule, *, lr, step, grad_scale=1.0, weight_decay=0.0, momentum=0.0, r
         else:
             alpha = lr * math.sqrt(bc2) / bc1
     return Scalars(lr=lr, wd=wd, gscale=grad_scale, momentum=momentum, rho=rho, beta1=beta1,
-                   beta2=beta2, eps=eps, alpha=alpha, c=c, decay=decay)
+                   beta2=beta2, eps=eps, alpha=alpha, c=c, decay=decay, nm=beta1, ng=1.0 - beta1,
+                   eps_out=0.0, lr_out=1.0)
 
 
 def init_state(rule, params) -> dict:

@@ -17,8 +17,11 @@ How it is computed, in steps that a sharded (data-parallel) caller can all-reduc
 ``_sum_of_squares`` reads the arrays once for the float64 sum of squares; only when that sum is
 inf or below 2**-900 (overflow, underflow, an infinity or all zeros) does a second pass fetch the
 max |x| and, if needed, a third take the sum again scaled by an exact power of two. ``_finish``
-takes the root. With a communicator, the sum would be all-reduced (sum, float64) after each
-pass and the max (max) after the second, before each decision.
+takes the root. With a communicator (``comm=``, mpi4py), the sum is all-reduced (sum, float64)
+after each pass and the max (max) after the second, before each decision: NaN and inf propagate
+through the sums, so every rank takes the same decisions (rescale, clip, skip) and returns the
+same norm. Across ranks the result is within ~1e-15 relative of the single-process norm of the
+concatenated arrays, not bitwise equal: each rank's partial sum follows its own block layout.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _dispatch
+from . import _dispatch, _mpi
 from ._reference.norm import pairwise_sum
 from ._registry import F32, F64
 from ._validate import (as_list, check_float_arrays, check_no_overlap, dtype_of, is_device_array,
@@ -108,26 +111,39 @@ def _finish(total: float, maxabs: float | None, exp: int) -> float:
         return math.inf
 
 
-def _sum_of_squares(arrays, backend, want_max=False):
+def _sum_of_squares(arrays, backend, want_max=False, comm=None):
     """-> (total, max |x| or None, partials): the float64 sum over all arrays at scale
     2**partials.exp, exact to rounding for every finite input.
 
     One pass in the common case; a pass for the max when the sum is inf or tiny, and a scaled
-    pass when that max says the squares overflowed or underflowed (float64 inputs only). A
-    ``comm`` would all-reduce ``total`` (and the max) right after each pass.
+    pass when that max says the squares overflowed or underflowed (float64 inputs only). With
+    ``comm``, ``total`` (and the max) are all-reduced over the ranks right after each pass, so
+    ``total``, the max and every decision are the same on all ranks (``partials`` stay local).
     """
     p = _pass(arrays, 0, backend, want_max)
     total = pairwise_sum(p.sumsq)
+    if comm is not None:
+        total = _mpi.allreduce_sum(comm, total, what="global norm")
     if math.isnan(total) or (_SAFE_SUM <= total < math.inf and not want_max):
         return total, None, p
     if p.maxabs is None:
         p = _pass(arrays, 0, backend, True)
     maxabs = float(np.fmax.reduce(p.maxabs, initial=0.0))
+    if comm is not None:  # no NaN here: a NaN anywhere made the global total NaN above
+        maxabs = _mpi.allreduce_max(comm, maxabs)
     exp = _rescale_exp(total, maxabs)
     if exp:
         p = _pass(arrays, exp, backend, True)
         total = pairwise_sum(p.sumsq)
+        if comm is not None:
+            total = _mpi.allreduce_sum(comm, total, what="global norm")
     return total, maxabs, p
+
+
+def _abandon(comm, what: str) -> None:
+    """This rank rejected its input before the first all-reduce of ``_sum_of_squares``: take
+    part in it with the failure flag set, so the other ranks raise instead of waiting."""
+    _mpi.allreduce_sum(comm, 0.0, failed=True, what=what)
 
 
 def _per_array(arrays, p: _Partials, backend) -> np.ndarray:
@@ -142,9 +158,10 @@ def _per_array(arrays, p: _Partials, backend) -> np.ndarray:
     return norms
 
 
-def _norm_checked(arrays, backend) -> float:
-    """The global 2-norm of arrays that were validated already (the optimizers' norm pass)."""
-    total, maxabs, p = _sum_of_squares(arrays, backend)
+def _norm_checked(arrays, backend, comm=None) -> float:
+    """The global 2-norm of arrays that were validated already (the optimizers' norm pass);
+    with ``comm``, over the arrays of every rank."""
+    total, maxabs, p = _sum_of_squares(arrays, backend, comm=comm)
     return _finish(total, maxabs, p.exp)
 
 
@@ -164,7 +181,7 @@ def _read_arrays(arrays, name):
             for a in arrays]
 
 
-def global_norm(arrays, *, ord=2, per_array=False, backend=None):
+def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None):
     r"""The norm of all elements of all arrays taken together, as a Python float.
 
     .. math::
@@ -180,18 +197,32 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None):
       per_array: also return each array's norm (same ``ord``) as a float64 array.
       backend: ``"cpp"``, ``"numba"``, ``"numpy"`` or None (fastest available). All give the
         same bits.
+      comm: an mpi4py intracommunicator (needs ``pip install 'fastopt[mpi]'``), or None. Each
+        rank passes its own shard of the arrays and every rank gets the norm of all of them:
+        the float64 squared sums are all-reduced (SUM, the max with MAX). Collective: every
+        rank must call. A rank whose input is rejected raises its own error and the others a
+        ``ValueError`` saying so (none waits forever). Not with ``per_array=True``.
 
     Returns:
       the norm, or ``(norm, norms)`` with ``per_array=True``. The sum of squares is taken in
       float64 in a fixed order (deterministic), is exact to ~1e-15 relative for any finite
       input (no overflow or underflow), is NaN if any element is NaN and inf if any is ±inf.
     """
-    arrays = _read_arrays(arrays, "arrays")
-    if isinstance(ord, bool) or ord not in (2, math.inf):
-        raise ValueError(f"ord must be 2 or math.inf, got {ord!r}")
-    if not isinstance(per_array, (bool, np.bool_)):
-        raise TypeError(f"per_array must be a bool, got {type(per_array).__name__}")
-    total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2)
+    comm = _mpi.check_comm(comm)
+    try:
+        arrays = _read_arrays(arrays, "arrays")
+        if isinstance(ord, bool) or ord not in (2, math.inf):
+            raise ValueError(f"ord must be 2 or math.inf, got {ord!r}")
+        if not isinstance(per_array, (bool, np.bool_)):
+            raise TypeError(f"per_array must be a bool, got {type(per_array).__name__}")
+        if per_array and comm is not None:
+            raise ValueError("per_array=True cannot be combined with comm (each rank holds "
+                             "its own arrays; call global_norm(..., per_array=True) locally)")
+    except Exception:
+        if comm is not None:
+            _abandon(comm, "global_norm")
+        raise
+    total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2, comm=comm)
     if ord == 2:
         norm = _finish(total, maxabs, p.exp)
         return (norm, _per_array(arrays, p, backend)) if per_array else norm
@@ -201,7 +232,7 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None):
     return norm, np.where(np.isnan(p.sumsq), np.nan, p.maxabs)
 
 
-def clip_by_global_norm(arrays, max_norm, *, backend=None) -> float:
+def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None) -> float:
     r"""Scale every array in place so that the global norm is at most ``max_norm``.
 
     .. math::
@@ -216,15 +247,23 @@ def clip_by_global_norm(arrays, max_norm, *, backend=None) -> float:
         not overlap.
       max_norm: λ > 0.
       backend: as for ``global_norm``.
+      comm: as for ``global_norm``: T is the norm over every rank's arrays, the same on all
+        ranks, so all of them scale by the same factor (or none does).
 
     Returns:
       T, the **unclipped** norm (NaN or inf as found).
     """
-    arrays = as_list(arrays, "arrays")
-    check_float_arrays(arrays, "arrays", writable=True)
-    check_no_overlap({"arrays": arrays})
-    max_norm = real(max_norm, "max_norm", lo=0, lo_open=True)
-    norm = _norm_checked(arrays, backend)
+    comm = _mpi.check_comm(comm)
+    try:
+        arrays = as_list(arrays, "arrays")
+        check_float_arrays(arrays, "arrays", writable=True)
+        check_no_overlap({"arrays": arrays})
+        max_norm = real(max_norm, "max_norm", lo=0, lo_open=True)
+    except Exception:
+        if comm is not None:
+            _abandon(comm, "clip_by_global_norm")
+        raise
+    norm = _norm_checked(arrays, backend, comm)
     if math.isfinite(norm) and norm > max_norm:
         _scale(arrays, max_norm / norm, backend)
     return norm

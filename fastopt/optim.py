@@ -13,6 +13,10 @@ Every optimizer also takes the gradient-norm options of SPEC §3:
   RuntimeWarning, ``StepResult.skipped``), or ``"raise"``s FloatingPointError; ``"ignore"``
   trusts the gradients and, when nothing else needs the norm, saves the read pass.
 * ``monitor``: a ``fastopt.GradNormMonitor`` fed the unclipped norm of every step.
+* ``comm``: an mpi4py communicator when each process holds a shard of the parameters (see
+  ``fastopt.distributed``): the norm is then the global one over every rank's gradients
+  (float64 all-reduce), so ``grad_norm``, ``clipped`` and ``skipped`` agree on every rank.
+  ``step`` is then collective whenever it takes the norm.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
 from ._registry import OPTIM_STATE
-from . import _device
+from . import _device, _mpi
 from ._validate import (as_list, check_float_arrays, check_like, check_no_overlap,
                         data_addresses, dtype_of, integer, is_device_array, nbytes, real)
 from .schedules import as_schedule
@@ -69,7 +73,8 @@ class Optimizer:
     rule = ""
 
     def __init__(self, params, lr, *, backend=None, max_grad_norm=None, nonfinite="skip",
-                 monitor=None, **hyper):
+                 monitor=None, comm=None, **hyper):
+        self.comm = _mpi.check_comm(comm)
         self.params = as_list(params, "params")
         check_float_arrays(self.params, "params", writable=True)
         check_no_overlap({"params": self.params})
@@ -137,14 +142,23 @@ class Optimizer:
         With clipping or the non-finite check on, one read pass computes T = ||grads|| first;
         the update pass then uses grad_scale = lambda / T when T > lambda. A non-finite T with
         ``nonfinite="skip"`` leaves everything as it was and returns ``skipped=True``.
+
+        With ``comm``, T is the norm over all ranks' gradients and the call is collective; a
+        rank whose ``grads`` are rejected raises its error and the others a ValueError.
         """
-        grads = self._check_grads(grads)
-        t = self.step_count
-        lr = self.lr_at(t)
         limit = self.clip_threshold()
+        need_norm = limit is not None or self.nonfinite != "ignore" or self.monitor is not None
+        try:
+            grads = self._check_grads(grads)
+            t = self.step_count
+            lr = self.lr_at(t)
+        except Exception:
+            if self.comm is not None and need_norm:
+                _norm._abandon(self.comm, "step")
+            raise
         norm, scale, clipped = None, 1.0, False
-        if limit is not None or self.nonfinite != "ignore" or self.monitor is not None:
-            norm = _norm._norm_checked(grads, self.backend)
+        if need_norm:
+            norm = _norm._norm_checked(grads, self.backend, self.comm)
             if not math.isfinite(norm) and self.nonfinite != "ignore":
                 if self.nonfinite == "raise":
                     raise FloatingPointError(f"the gradient norm at step {t} is {norm}; nothing "
@@ -240,9 +254,10 @@ class SGD(Optimizer):
     rule = "sgd"
 
     def __init__(self, params, lr, *, weight_decay=0.0, backend=None, max_grad_norm=None,
-                 nonfinite="skip", monitor=None):
+                 nonfinite="skip", monitor=None, comm=None):
         super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
+                         comm=comm)
 
 
 class Momentum(Optimizer):
@@ -250,9 +265,10 @@ class Momentum(Optimizer):
     rule = "momentum"
 
     def __init__(self, params, lr, momentum=0.9, *, weight_decay=0.0, backend=None,
-                 max_grad_norm=None, nonfinite="skip", monitor=None):
+                 max_grad_norm=None, nonfinite="skip", monitor=None, comm=None):
         super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
+                         comm=comm)
 
 
 class Nesterov(Momentum):
@@ -266,10 +282,11 @@ class RMSProp(Optimizer):
     rule = "rmsprop"
 
     def __init__(self, params, lr, rho=0.9, momentum=0.0, eps=1e-8, *, weight_decay=0.0,
-                 backend=None, max_grad_norm=None, nonfinite="skip", monitor=None):
+                 backend=None, max_grad_norm=None, nonfinite="skip", monitor=None, comm=None):
         super().__init__(params, lr, rho=rho, momentum=momentum, eps=eps,
                          weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
+                         comm=comm)
 
 
 class Adam(Optimizer):
@@ -283,10 +300,11 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                  torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
-                 monitor=None):
+                 monitor=None, comm=None):
         super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          torch_compat=torch_compat, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
+                         comm=comm)
 
 
 class AdamW(Adam):
@@ -295,9 +313,10 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
                  torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
-                 monitor=None):
+                 monitor=None, comm=None):
         super().__init__(params, lr, beta1, beta2, eps, weight_decay, torch_compat, backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor)
+                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
+                         comm=comm)
 
 
 class NAdam(Optimizer):
@@ -305,7 +324,8 @@ class NAdam(Optimizer):
     rule = "nadam"
 
     def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 backend=None, *, max_grad_norm=None, nonfinite="skip", monitor=None):
+                 backend=None, *, max_grad_norm=None, nonfinite="skip", monitor=None,
+                 comm=None):
         super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          backend=backend, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
-                         monitor=monitor)
+                         monitor=monitor, comm=comm)

@@ -8,11 +8,12 @@ namespace fastopt {
 
 // Order of the host scalars; must match fastopt._registry.OPTIM_SCALARS.
 enum OptimScalar { kLr, kWd, kGscale, kMomentum, kRho, kBeta1, kBeta2, kEps, kAlpha, kC, kDecay,
-                   kNumOptimScalars };
+                   kNm, kNg, kEpsOut, kLrOut, kNumOptimScalars };
 
 template <class A>
 struct OptimCoef {
   A lr, wd, gscale, momentum, rho, omrho, beta1, omb1, beta2, omb2, eps, alpha, c, decay;
+  A nm, ng, eps_out, lr_out;  // NAdam numerator; RMSProp's outer eps and lr (see _registry)
   FO_HD static OptimCoef make(const double* s) {
     OptimCoef k;
     k.lr = A(s[kLr]); k.wd = A(s[kWd]); k.gscale = A(s[kGscale]); k.momentum = A(s[kMomentum]);
@@ -20,6 +21,7 @@ struct OptimCoef {
     k.beta1 = A(s[kBeta1]); k.omb1 = A(1.0 - s[kBeta1]);
     k.beta2 = A(s[kBeta2]); k.omb2 = A(1.0 - s[kBeta2]);
     k.eps = A(s[kEps]); k.alpha = A(s[kAlpha]); k.c = A(s[kC]); k.decay = A(s[kDecay]);
+    k.nm = A(s[kNm]); k.ng = A(s[kNg]); k.eps_out = A(s[kEpsOut]); k.lr_out = A(s[kLrOut]);
     return k;
   }
 };
@@ -48,15 +50,16 @@ struct Momentum {
   }
 };
 
-// The source document's RMSProp: v <- rho v + (1-rho) g^2; m <- gamma m + lr g / sqrt(v + eps).
+// The source document's RMSProp: v <- rho v + (1-rho) g^2; m <- gamma m + lr g / sqrt(v + eps);
+// theta <- theta - m. eps_out (default 0) and lr_out (default 1) express PyTorch's variant.
 struct RmsProp {
   static constexpr int kStates = 2;
   template <class A>
   FO_HD FO_INLINE static void apply(A& p, A g, A& v, A& m, const OptimCoef<A>& k) {
     const A gg = effective_grad(p, g, k);
     v = k.rho * v + k.omrho * (gg * gg);
-    m = k.momentum * m + k.lr * gg / fo_sqrt(v + k.eps);
-    p = p - m;
+    m = k.momentum * m + k.lr * gg / (fo_sqrt(v + k.eps) + k.eps_out);
+    p = p - k.lr_out * m;
   }
 };
 
@@ -69,7 +72,7 @@ struct Adam {
     const A gg = effective_grad(p, g, k);
     m = k.beta1 * m + k.omb1 * gg;
     v = k.beta2 * v + k.omb2 * (gg * gg);
-    const A mm = Nadam ? k.beta1 * m + k.omb1 * gg : m;
+    const A mm = Nadam ? k.nm * m + k.ng * gg : m;
     p = k.decay * p - k.alpha * mm / (fo_sqrt(v) / k.c + k.eps);
   }
 };

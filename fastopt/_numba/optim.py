@@ -42,17 +42,17 @@ def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
             p[i] = p[i] - lr * vi
 
 
-def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps):
+def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps, eps_out, lr_out):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
         vi = rho * v[i] + omrho * (gg * gg)
         v[i] = vi
-        mi = mom * m[i] + lr * gg / np.sqrt(vi + eps)
+        mi = mom * m[i] + lr * gg / (np.sqrt(vi + eps) + eps_out)
         m[i] = mi
-        p[i] = p[i] - mi
+        p[i] = p[i] - lr_out * mi
 
 
-def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
+def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nm, ng, nadam):
     for i in prange(p.size):
         gg = gs * g[i] + wd * p[i]
         mi = b1 * m[i] + omb1 * gg
@@ -60,7 +60,7 @@ def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
         m[i] = mi
         v[i] = vi
         if nadam:
-            mi = b1 * mi + omb1 * gg
+            mi = nm * mi + ng * gg
         p[i] = decay * p[i] - alpha * mi / (np.sqrt(vi) / c + eps)
 
 
@@ -83,8 +83,8 @@ def optim_update(rule, params, grads, states, k):
             _MOMENTUM[serial](p, g, s[0], lr, wd, gs, mom, rule == "nesterov")
         elif rule == "rmsprop":
             _RMSPROP[serial](p, g, s[0], s[1], lr, wd, gs, mom, T(k.rho), T(1.0 - k.rho),
-                             T(k.eps))
+                             T(k.eps), T(k.eps_out), T(k.lr_out))
         else:
             _ADAM[serial](p, g, s[0], s[1], wd, gs, T(k.beta1), T(1.0 - k.beta1), T(k.beta2),
                           T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay),
-                          rule == "nadam")
+                          T(k.nm), T(k.ng), rule == "nadam")

@@ -36,19 +36,19 @@ def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
 
 
 @cuda.jit
-def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps):
+def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps, eps_out, lr_out):
     i = cuda.grid(1)
     if i < p.size:
         gg = gs * g[i] + wd * p[i]
         vi = rho * v[i] + omrho * (gg * gg)
         v[i] = vi
-        mi = mom * m[i] + lr * gg / math.sqrt(vi + eps)
+        mi = mom * m[i] + lr * gg / (math.sqrt(vi + eps) + eps_out)
         m[i] = mi
-        p[i] = p[i] - mi
+        p[i] = p[i] - lr_out * mi
 
 
 @cuda.jit
-def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
+def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nm, ng, nadam):
     i = cuda.grid(1)
     if i < p.size:
         gg = gs * g[i] + wd * p[i]
@@ -57,7 +57,7 @@ def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nadam):
         m[i] = mi
         v[i] = vi
         if nadam:
-            mi = b1 * mi + omb1 * gg
+            mi = nm * mi + ng * gg
         p[i] = decay * p[i] - alpha * mi / (math.sqrt(vi) / c + eps)
 
 
@@ -72,10 +72,11 @@ def optim_update(rule, params, grads, states, k):
         extra = (T(k.lr), T(k.wd), T(k.gscale), T(k.momentum), kernel == "nesterov")
     elif kernel == "rmsprop":
         extra = (T(k.lr), T(k.wd), T(k.gscale), T(k.momentum), T(k.rho), T(1.0 - k.rho),
-                 T(k.eps))
+                 T(k.eps), T(k.eps_out), T(k.lr_out))
     else:
         extra = (T(k.wd), T(k.gscale), T(k.beta1), T(1.0 - k.beta1), T(k.beta2),
-                 T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay), kernel == "nadam")
+                 T(1.0 - k.beta2), T(k.eps), T(k.alpha), T(k.c), T(k.decay),
+                 T(k.nm), T(k.ng), kernel == "nadam")
     fn = {"sgd": _sgd, "momentum": _momentum, "nesterov": _momentum, "rmsprop": _rmsprop,
           "adam": _adam, "nadam": _adam}[kernel]
     stream = stream_of(params[0])

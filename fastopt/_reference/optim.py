@@ -35,21 +35,21 @@ def rmsprop(p, g, v, m, k):
     T = p.dtype.type
     g = _grad(p, g, k, T)
     v[...] = T(k.rho) * v + T(1.0 - k.rho) * (g * g)
-    m[...] = T(k.momentum) * m + T(k.lr) * g / np.sqrt(v + T(k.eps))
-    p[...] = p - m
+    m[...] = T(k.momentum) * m + T(k.lr) * g / (np.sqrt(v + T(k.eps)) + T(k.eps_out))
+    p[...] = p - T(k.lr_out) * m
 
 
 def adam(p, g, m, v, k, nadam=False):
     """theta <- decay*theta - alpha * m_eff / (sqrt(v)/c + eps).
 
     Default: alpha = lr*sqrt(1-b2^(t+1))/(1-b1^(t+1)), c = 1. torch_compat: alpha = lr/(1-b1^(t+1)),
-    c = sqrt(1-b2^(t+1)). AdamW: decay = 1 - lr*wd. NAdam: m_eff = b1*m + (1-b1)*g.
+    c = sqrt(1-b2^(t+1)). AdamW: decay = 1 - lr*wd. NAdam: m_eff = nm*m + ng*g (default nm = b1, ng = 1-b1).
     """
     T = p.dtype.type
     g = _grad(p, g, k, T)
     m[...] = T(k.beta1) * m + T(1.0 - k.beta1) * g
     v[...] = T(k.beta2) * v + T(1.0 - k.beta2) * (g * g)
-    mm = T(k.beta1) * m + T(1.0 - k.beta1) * g if nadam else m
+    mm = T(k.nm) * m + T(k.ng) * g if nadam else m
     p[...] = T(k.decay) * p - T(k.alpha) * mm / (np.sqrt(v) / T(k.c) + T(k.eps))
 
 
