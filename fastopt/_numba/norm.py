@@ -8,11 +8,11 @@ array runs on any thread into its own slot, so the thread count cannot change th
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange, types
-from numba.extending import intrinsic
+from numba import carray, njit, prange
 
 from .._registry import NORM_BLOCK, NORM_LANES
-from .optim import _JIT, SERIAL_BELOW, _twins
+from .._validate import data_addresses
+from .optim import _JIT, SERIAL_BELOW, _pointer, _twins
 
 # Literal, not read from the registry: numba's on-disk cache only notices edits to this file, so
 # a changed registry must fail here instead of running stale compiled constants.
@@ -72,16 +72,6 @@ def _fold(v, n):
     return v[0]
 
 
-@intrinsic
-def _pointer(typingctx, address, like):
-    """The address of an array's data as a typed pointer (for numba.carray)."""
-    sig = types.CPointer(like.dtype)(types.intp, like)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-    return sig, codegen
-
-
 def _partials(addresses, sizes, like, scale, want_max):
     na = addresses.size
     nb = (sizes + _B - 1) // _B
@@ -131,7 +121,7 @@ _scale_parallel, _scale_serial = _twins(_scale)
 
 def _table(arrays):
     """Data addresses and sizes: the arrays stay alive (and in place) for the caller's call."""
-    addresses = np.array([a.__array_interface__["data"][0] for a in arrays], np.intp)
+    addresses = np.array(data_addresses(arrays), np.intp)
     sizes = np.array([a.size for a in arrays], np.int64)
     return addresses, sizes
 
