@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/halton_math.h"
+#include "common/halton_tables.h"
 #include "cpu_common.h"
 
 namespace fastopt {
@@ -141,17 +142,6 @@ void build_prefix(double* S, const double* terms, uint32_t b, int m) {
   }
 }
 
-template <class T>
-const T* checked(const py::array& a, const char* name, int64_t size) {
-  if (!a.dtype().equal(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " has the wrong dtype");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " is not C-contiguous");
-  if (size >= 0 && a.size() != size)
-    throw py::value_error(std::string(name) + " has the wrong length");
-  return static_cast<const T*>(a.data());
-}
-
 void halton(py::array out, uint64_t start, const py::array& bases, const py::array& ndig,
             const py::array& terms, const py::array& offsets, const py::array& shift,
             int workers) {
@@ -160,14 +150,10 @@ void halton(py::array out, uint64_t start, const py::array& bases, const py::arr
   if (!(out.flags() & py::array::c_style)) throw py::value_error("out is not C-contiguous");
   if (!out.writeable()) throw py::value_error("out is read-only");
   const int64_t n = out.shape(0), d = out.shape(1);
-  const auto* B = checked<int64_t>(bases, "bases", d);
-  const auto* K = checked<int64_t>(ndig, "ndig", d);
-  const auto* O = checked<int64_t>(offsets, "offsets", d + 1);
-  const auto* T = checked<double>(terms, "terms", -1);
-  const bool has_shift = shift.size() > 0;
-  const auto* U = checked<double>(shift, "shift", has_shift ? d : 0);
-  if (n > 1 && uint64_t(n - 1) > ~uint64_t(0) - start)
-    throw py::value_error("start + n exceeds 2**64");
+  const HaltonHostTables tab = halton_tables(bases, ndig, terms, offsets, shift, n, d, start);
+  const int64_t *B = tab.bases, *K = tab.ndig, *O = tab.offsets;
+  const double *T = tab.terms, *U = tab.shift;
+  const bool has_shift = U != nullptr;
   double* X = static_cast<double*>(out.mutable_data());
   if (n == 0 || d == 0) return;
 

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/halton_tables.h"
 #include "cuda/launch.h"
 
 namespace py = pybind11;
@@ -53,17 +54,6 @@ DType dtype_of(const std::string& name) {
   if (name == "float16") return DType::kF16;
   if (name == "bfloat16") return DType::kBF16;
   throw py::type_error("unsupported dtype for the CUDA kernels: " + name);
-}
-
-template <class T>
-const T* host_table(const py::array& a, const char* name, int64_t size) {
-  if (!a.dtype().equal(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " has the wrong dtype");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " is not C-contiguous");
-  if (size >= 0 && a.size() != size)
-    throw py::value_error(std::string(name) + " has the wrong length");
-  return static_cast<const T*>(a.data());
 }
 
 }  // namespace
@@ -112,16 +102,10 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("halton", [](int device, uintptr_t out, int64_t n, int64_t d, uint64_t start,
                      const py::array& bases, const py::array& ndig, const py::array& terms,
                      const py::array& offsets, const py::array& shift, uintptr_t stream) {
-    const auto* B = host_table<int64_t>(bases, "bases", d);
-    const auto* K = host_table<int64_t>(ndig, "ndig", d);
-    const auto* O = host_table<int64_t>(offsets, "offsets", d + 1);
-    const auto* T = host_table<double>(terms, "terms", -1);
-    const bool has_shift = shift.size() > 0;
-    const auto* U = host_table<double>(shift, "shift", has_shift ? d : 0);
-    if (n > 1 && uint64_t(n - 1) > ~uint64_t(0) - start)
-      throw py::value_error("start + n exceeds 2**64");
+    const auto t = fastopt::halton_tables(bases, ndig, terms, offsets, shift, n, d, start);
     py::gil_scoped_release nogil;
-    halton(device, out, n, d, start, B, K, T, terms.size(), O, has_shift ? U : nullptr, stream);
+    halton(device, out, n, d, start, t.bases, t.ndig, t.terms, t.nterms, t.offsets, t.shift,
+           stream);
   }, py::arg("device"), py::arg("out"), py::arg("n"), py::arg("d"), py::arg("start"),
      py::arg("bases"), py::arg("ndig"), py::arg("terms"), py::arg("offsets"), py::arg("shift"),
      py::arg("stream"), "Rows start..start+n-1 of a Halton sequence into the device array out.");
