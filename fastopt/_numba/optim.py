@@ -8,6 +8,7 @@ from numba import carray, njit, prange
 from numba import types as nbtypes
 from numba.extending import intrinsic
 
+from . import elements as E
 from .._registry import OPTIM_KERNEL
 from .._validate import data_addresses
 
@@ -28,43 +29,30 @@ def _twins(fn):
     return njit(parallel=True, **_JIT)(fn), njit(parallel=False, **_JIT)(serial)
 
 
+_e_sgd, _e_momentum, _e_rmsprop, _e_adam = (
+    njit(inline="always", **_JIT)(f) for f in (E.sgd, E.momentum, E.rmsprop, E.adam))
+
+
 def _sgd(p, g, lr, wd, gs):
     for i in prange(p.size):
-        gg = gs * g[i] + wd * p[i]
-        p[i] = p[i] - lr * gg
+        p[i] = _e_sgd(p[i], g[i], lr, wd, gs)
 
 
 def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
     for i in prange(p.size):
-        gg = gs * g[i] + wd * p[i]
-        vi = mom * v[i] + gg
-        v[i] = vi
-        if nesterov:
-            p[i] = p[i] - lr * (mom * vi + gg)
-        else:
-            p[i] = p[i] - lr * vi
+        p[i], v[i] = _e_momentum(p[i], g[i], v[i], lr, wd, gs, mom, nesterov)
 
 
 def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps, eps_out, lr_out):
     for i in prange(p.size):
-        gg = gs * g[i] + wd * p[i]
-        vi = rho * v[i] + omrho * (gg * gg)
-        v[i] = vi
-        mi = mom * m[i] + lr * gg / (np.sqrt(vi + eps) + eps_out)
-        m[i] = mi
-        p[i] = p[i] - lr_out * mi
+        p[i], v[i], m[i] = _e_rmsprop(p[i], g[i], v[i], m[i], lr, wd, gs, mom, rho, omrho, eps,
+                                      eps_out, lr_out)
 
 
 def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nm, ng, nadam):
     for i in prange(p.size):
-        gg = gs * g[i] + wd * p[i]
-        mi = b1 * m[i] + omb1 * gg
-        vi = b2 * v[i] + omb2 * (gg * gg)
-        m[i] = mi
-        v[i] = vi
-        if nadam:
-            mi = nm * mi + ng * gg
-        p[i] = decay * p[i] - alpha * mi / (np.sqrt(vi) / c + eps)
+        p[i], m[i], v[i] = _e_adam(p[i], g[i], m[i], v[i], wd, gs, b1, omb1, b2, omb2, eps,
+                                   alpha, c, decay, nm, ng, nadam)
 
 
 _SGD, _MOMENTUM, _RMSPROP, _ADAM = map(_twins, (_sgd, _momentum, _rmsprop, _adam))
