@@ -16,15 +16,17 @@ namespace fastopt {
 namespace {
 
 constexpr int L = kNormLanes;
-// Full blocks are summed kGroup at a time (sums only): independent streams keep more loads in
+// Blocks are summed kGroup at a time (sums only): independent streams keep more loads in
 // flight, which a single core needs to approach its read bandwidth (one stream falls ~20%
-// short). Every block still gets exactly its own lanes, so grouping changes no bit.
+// short; 8 streams are no better than 4 and 16 spill registers). The blocks of a group run
+// together up to the shortest one, then each finishes alone. Every block still gets exactly
+// its own lanes in its own order, so grouping changes no bit.
 constexpr int kGroup = 4;
 
 // One block of n <= kNormBlock elements: its sum of squares and (if asked) max |x|.
 using BlockFn = void (*)(const void* x, int64_t n, double s, double* sum, double* mx);
-// kGroup full blocks: their sums of squares.
-using GroupFn = void (*)(const void* const* xs, double s, double* sums);
+// kGroup blocks of ns[q] <= kNormBlock elements: their sums of squares.
+using GroupFn = void (*)(const void* const* xs, const int64_t* ns, double s, double* sums);
 
 // -- portable loops ------------------------------------------------------------------------------
 
@@ -56,10 +58,9 @@ void block_base(const void* px, int64_t n, double s, double* sum, double* mx) {
 }
 
 template <bool Scaled, class T>
-void group_base(const void* const* xs, double s, double* sums) {
+void group_base(const void* const* xs, const int64_t* ns, double s, double* sums) {
   double unused;
-  for (int q = 0; q < kGroup; ++q)
-    block_base<Scaled, false, T>(xs[q], kNormBlock, s, &sums[q], &unused);
+  for (int q = 0; q < kGroup; ++q) block_base<Scaled, false, T>(xs[q], ns[q], s, &sums[q], &unused);
 }
 
 // -- AVX2 ----------------------------------------------------------------------------------------
@@ -135,21 +136,30 @@ FO_TARGET_AVX2 void block_avx2(const void* px, int64_t n, double s, double* sum,
 }
 
 template <bool Scaled, class T>
-FO_TARGET_AVX2 void group_avx2(const void* const* xs, double s, double* sums) {
+FO_TARGET_AVX2 void group_avx2(const void* const* xs, const int64_t* ns, double s, double* sums) {
   const T* x[kGroup];
-  for (int q = 0; q < kGroup; ++q) x[q] = static_cast<const T*>(xs[q]);
+  int64_t common = kNormBlock;  // whole rows that every block of the group has
+  for (int q = 0; q < kGroup; ++q) {
+    x[q] = static_cast<const T*>(xs[q]);
+    common = std::min(common, ns[q] / L * L);
+  }
   const __m256d vs = _mm256_set1_pd(s);
   __m256d a[kGroup][4];
   for (auto& g : a)
     for (auto& r : g) r = _mm256_setzero_pd();
-  static_assert(kNormBlock % L == 0, "full blocks have no short row");
-  for (int64_t i = 0; i < kNormBlock; i += L)
+  for (int64_t i = 0; i < common; i += L)
     for (int q = 0; q < kGroup; ++q)
       for (int k = 0; k < 4; ++k)
         a[q][k] = _mm256_add_pd(a[q][k], square<Scaled>(load4(x[q] + i + 4 * k), vs));
-  for (int q = 0; q < kGroup; ++q) {
+  for (int q = 0; q < kGroup; ++q) {  // the rest of each block on its own, same lanes
+    int64_t i = common;
+    for (; i + L <= ns[q]; i += L)
+      for (int k = 0; k < 4; ++k)
+        a[q][k] = _mm256_add_pd(a[q][k], square<Scaled>(load4(x[q] + i + 4 * k), vs));
     alignas(32) double acc[L];
+    T unused[L] = {};
     for (int k = 0; k < 4; ++k) _mm256_store_pd(acc + 4 * k, a[q][k]);
+    block_rows<Scaled, false>(x[q], i, ns[q], s, acc, unused);
     sums[q] = norm_fold_lanes(acc);
   }
 }
@@ -173,28 +183,35 @@ GroupFn pick_group(bool avx2) {
 
 // -- the whole list ------------------------------------------------------------------------------
 
-// The work list: kGroup full blocks per task where possible (sums only), else one block.
+// The work list: groups of kGroup blocks where allowed (sums only), else one block a task. Full
+// blocks group in order; the short last blocks of the arrays group by length, longest first, so
+// a group's blocks run together for most of their length.
 struct Task {
   int64_t slot[kGroup];
-  int count;  // 1: one block (any length); kGroup: a group of full blocks
+  int count;  // 1: one block; kGroup: a group
 };
 
 std::vector<Task> make_tasks(const std::vector<Chunk>& chunks, bool group) {
   std::vector<Task> out;
   out.reserve(chunks.size());
-  Task pending{};
-  for (int64_t k = 0; k < int64_t(chunks.size()); ++k) {
-    if (!group || chunks[k].end - chunks[k].begin != kNormBlock) {
-      out.push_back({{k}, 1});
-      continue;
-    }
-    pending.slot[pending.count++] = k;
-    if (pending.count == kGroup) {
-      out.push_back(pending);
-      pending = Task{};
-    }
+  const int64_t nc = int64_t(chunks.size());
+  if (!group) {
+    for (int64_t k = 0; k < nc; ++k) out.push_back({{k}, 1});
+    return out;
   }
-  for (int q = 0; q < pending.count; ++q) out.push_back({{pending.slot[q]}, 1});
+  auto len = [&](int64_t k) { return chunks[k].end - chunks[k].begin; };
+  std::vector<int64_t> full, rest;
+  for (int64_t k = 0; k < nc; ++k) (len(k) == kNormBlock ? full : rest).push_back(k);
+  std::stable_sort(rest.begin(), rest.end(), [&](int64_t a, int64_t b) { return len(a) > len(b); });
+  for (const auto* list : {&full, &rest}) {
+    size_t k = 0;
+    for (; k + kGroup <= list->size(); k += kGroup) {
+      Task t{{}, kGroup};
+      for (int q = 0; q < kGroup; ++q) t.slot[q] = (*list)[k + q];
+      out.push_back(t);
+    }
+    for (; k < list->size(); ++k) out.push_back({{(*list)[k]}, 1});
+  }
   return out;
 }
 
@@ -230,12 +247,14 @@ py::tuple partials(const py::list& arrays, double scale, bool want_max, bool bas
         block(X[c.array] + c.begin, c.end - c.begin, scale, &bsum[w.slot[0]], &bmax[w.slot[0]]);
       } else {
         const void* xs[kGroup];
+        int64_t ns[kGroup];
         double sums[kGroup];
         for (int q = 0; q < kGroup; ++q) {
           const Chunk& c = chunks[w.slot[q]];
           xs[q] = X[c.array] + c.begin;
+          ns[q] = c.end - c.begin;
         }
-        group(xs, scale, sums);
+        group(xs, ns, scale, sums);
         for (int q = 0; q < kGroup; ++q) bsum[w.slot[q]] = sums[q];
       }
     }
