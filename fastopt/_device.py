@@ -209,6 +209,26 @@ def full_like(a, value, dtype) -> object:
     return empty(shape, dtype, fill=value)
 
 
+def from_host(like, src: np.ndarray) -> object:
+    """A new device array holding a copy of the NumPy array ``src``, from the library of the
+    device array ``like`` and on its device."""
+    lib = _lib(like)
+    src = np.ascontiguousarray(src)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(like.device.id):
+            return cupy.asarray(src)
+    if lib == "torch":
+        import torch
+        return torch.from_numpy(src.copy()).to(like.device)
+    if lib == "sim" or hasattr(like, "copy_to_host"):
+        from numba import cuda
+        return cuda.to_device(src)
+    out = empty(src.shape, src.dtype)
+    copy_from_host(out, src)
+    return out
+
+
 def empty(shape, dtype, *, fill=None, prefer=("cupy", "torch", "numba")) -> object:
     """A new device array on the current device: CuPy if installed, else PyTorch, else Numba."""
     for lib in prefer:

@@ -43,6 +43,9 @@ KERNELS: dict[str, dict[str, tuple[np.dtype, ...]]] = {
     # order below (and max |x|); fastopt.norm finishes them. norm_scale(arrays, s): x <- s x.
     "norm.global_norm": {**_CPU_FLOAT, **_DEVICE_FLOAT},
     "norm.scale": {**_CPU_FLOAT, **_DEVICE_FLOAT},
+    # guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+    # an optimizer step whose norm, clip, skip and step count stay on the device (see GUARD_*).
+    "optim.guarded_step": {"numpy": (F32, F64), **_DEVICE_FLOAT},
     "halton.halton": {"cpp": (F64,), "numba": (F64,), "numpy": (F64,), "cuda": (F64,),
                       "numba-cuda": (F64,)},
 }
@@ -88,3 +91,14 @@ from collections import namedtuple  # noqa: E402
 
 #: The float64 scalars handed to an optimizer kernel (see csrc/common/optim_math.h).
 Scalars = namedtuple("Scalars", OPTIM_SCALARS)
+
+# -- A guarded step on the device: the norm pass decides clip/skip/count without the host -------
+
+#: Steps the host may issue before it must read the device's step count: the kernels take one
+#: row of scalars per step count still possible (t_lo .. t_lo + unread steps).
+GUARD_WINDOW = 16
+#: The control array: float64, GUARD_WINDOW + 1 rows of GUARD_WIDTH. Row 0 is live (the step
+#: count and this step's decisions, which the update kernel reads); row s >= 1 keeps the
+#: decisions of the step issued into slot s, until the host reads them.
+GUARD_WIDTH = 8
+(G_APPLIED, G_NORM, G_SCALE, G_SKIPPED, G_CLIPPED, G_ROW, G_EXP, G_MAXABS) = range(GUARD_WIDTH)

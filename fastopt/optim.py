@@ -20,7 +20,6 @@ Every optimizer also takes the gradient-norm options of SPEC §3:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 
@@ -29,7 +28,9 @@ import numpy as np
 from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
-from ._registry import OPTIM_STATE
+from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SKIPPED, GUARD_WIDTH,
+                        GUARD_WINDOW, OPTIM_STATE)
+from . import _dispatch
 from . import _device, _mpi
 from ._validate import (as_list, check_float_arrays, check_like, check_no_overlap,
                         data_addresses, dtype_of, integer, is_device_array, nbytes, real)
@@ -57,14 +58,59 @@ def _check_max_grad_norm(value):
     return real(value, "max_grad_norm", lo=0, lo_open=True)
 
 
-@dataclasses.dataclass(frozen=True)
 class StepResult:
     """What one ``step`` did: the unclipped gradient norm (None when not computed), whether the
-    gradients were scaled down, whether the step was skipped, and the learning rate used."""
-    grad_norm: float | None
-    clipped: bool
-    skipped: bool
-    lr: float
+    gradients were scaled down, whether the step was skipped, and the learning rate used.
+
+    A guarded step on device arrays (see ``Optimizer.step``) returns at once and fills these in
+    from the device when one of them is first read; ``pending`` says whether that is still to
+    come (reading waits for the device)."""
+
+    __slots__ = ("_grad_norm", "_clipped", "_skipped", "_lr", "_owner")
+
+    def __init__(self, grad_norm, clipped, skipped, lr, *, _owner=None):
+        self._grad_norm, self._clipped, self._skipped, self._lr = grad_norm, clipped, skipped, lr
+        self._owner = _owner
+
+    def _get(self, field):
+        if self._owner is not None:
+            self._owner._settle()
+        return getattr(self, field)
+
+    grad_norm = property(lambda self: self._get("_grad_norm"))
+    clipped = property(lambda self: self._get("_clipped"))
+    skipped = property(lambda self: self._get("_skipped"))
+    lr = property(lambda self: self._get("_lr"))
+    pending = property(lambda self: self._owner is not None)
+
+    def _fields(self):
+        return (self.grad_norm, self.clipped, self.skipped, self.lr)
+
+    def __eq__(self, other):  # a NaN norm equals a NaN norm: the same outcome
+        if not isinstance(other, StepResult):
+            return NotImplemented
+        return all(a == b or (a != a and b != b) for a, b in zip(self._fields(), other._fields()))
+
+    __hash__ = None
+
+    def __repr__(self):
+        if self.pending:
+            return "StepResult(<on the device>)"
+        return (f"StepResult(grad_norm={self._grad_norm!r}, clipped={self._clipped!r}, "
+                f"skipped={self._skipped!r}, lr={self._lr!r})")
+
+
+class _Guard:
+    """The device side of guarded steps: the control array (``_registry.GUARD_*``) on the
+    params' device, the step count the host last read (t_lo), and the results not read yet."""
+
+    def __init__(self, like, step_count):
+        ctl = np.zeros((GUARD_WINDOW + 1, GUARD_WIDTH))
+        ctl[0, G_APPLIED] = step_count
+        self.ctl = _device.from_host(like, ctl)
+        self.t_lo = step_count
+        self.pending = []  # (StepResult, slot, rows) in issue order
+        self.issued = 0
 
 
 class Optimizer:
@@ -91,7 +137,9 @@ class Optimizer:
                             f"{type(monitor).__name__}")
         self.monitor = monitor
         self.state = F.init_state(self.rule, self.params)
-        self.step_count = 0
+        self._step_count = 0
+        self._guard = None  # _Guard, once a guarded step ran on device arrays
+        self._rows = {}  # step count -> Scalars, for guarded steps
         # Params and state never move: remember their byte ranges once, so each step only has
         # to place the gradients among them (bisect) instead of re-sorting everything.
         written = list(self._written())
@@ -127,6 +175,18 @@ class Optimizer:
                                  "arrays that are written must not overlap any other array")
         return grads
 
+    @property
+    def step_count(self) -> int:
+        """Steps taken (skipped ones not counted); waits for the device after guarded steps."""
+        self._settle()
+        return self._step_count
+
+    @step_count.setter
+    def step_count(self, value):
+        self._settle()
+        self._step_count = value
+        self._guard = None  # the device copy of the count starts afresh
+
     def lr_at(self, t: int) -> float:
         """eta_t, checked (a schedule returning a negative or non-finite rate is an error)."""
         return real(self.lr(t), f"lr({t})", lo=0)
@@ -148,6 +208,8 @@ class Optimizer:
         """
         limit = self.clip_threshold()
         need_norm = limit is not None or self.nonfinite != "ignore" or self.monitor is not None
+        if need_norm and self._guarded():
+            return self._guarded_step(self._check_grads(grads), limit)
         try:
             grads = self._check_grads(grads)
             t = self.step_count
@@ -171,9 +233,76 @@ class Optimizer:
                 scale, clipped = limit / norm, True
         k = F.scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
         F.run(self.rule, self.params, grads, self._states(), k, self.backend)
-        self.step_count = t + 1
+        self._step_count = t + 1
+        if self._guard is not None:
+            self._guard = None  # the host path moved the count on
         self._observe(norm, clipped, limit)
         return StepResult(grad_norm=norm, clipped=clipped, skipped=False, lr=lr)
+
+    # -- guarded steps: norm, clip, skip and step count on the device, no waiting -------------
+    def _guarded(self) -> bool:
+        """Whether this step can run guarded: device params of one dtype, a fixed (or no)
+        clipping threshold, nonfinite "skip"/"ignore", and nothing that needs the norm on the
+        host every step (a monitor, an adaptive threshold, a communicator)."""
+        p = self.params
+        return (bool(p) and is_device_array(p[0]) and self.nonfinite != "raise"
+                and self.monitor is None and self.comm is None
+                and (self.max_grad_norm is None or isinstance(self.max_grad_norm, float))
+                and all(dtype_of(a) == dtype_of(p[0]) for a in p))
+
+    def _guarded_step(self, grads, limit) -> StepResult:
+        """One device-decided step. The host cannot know whether earlier guarded steps were
+        skipped, so it hands the kernels the scalars of every step count still possible
+        (t_lo .. t_lo + unread steps) and the device picks the row of its own count. After
+        GUARD_WINDOW unread steps the host reads the device once (a wait) to narrow that."""
+        name = _dispatch.resolve(f"optim.{self.rule}", self.backend, device=True,
+                                 dtype=dtype_of(self.params[0]))
+        name = _dispatch.resolve("optim.guarded_step", name, device=True,
+                                 dtype=dtype_of(self.params[0]))
+        g = self._guard
+        if g is not None and len(g.pending) + 1 > GUARD_WINDOW:
+            self._settle()
+        if g is None:
+            g = self._guard = _Guard(self.params[0], self._step_count)
+        rows = [self._row(t) for t in range(g.t_lo, g.t_lo + len(g.pending) + 1)]
+        slot = 1 + g.issued % GUARD_WINDOW
+        _dispatch.module(name).guarded_step(
+            self.rule, self.params, grads, self._states(), rows, g.t_lo,
+            math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot)
+        g.issued += 1
+        result = StepResult(None, None, None, None, _owner=self)
+        g.pending.append((result, slot, rows))
+        return result
+
+    def _row(self, t):
+        """The Scalars of step count t (cached: a guarded step needs a window of them)."""
+        k = self._rows.get(t)
+        if k is None:
+            if len(self._rows) > 4 * GUARD_WINDOW:
+                self._rows = {u: v for u, v in self._rows.items() if u >= self._guard.t_lo}
+            k = self._rows[t] = F.scalars(self.rule, lr=self.lr_at(t), step=t, **self.hyper)
+        return k
+
+    def _settle(self):
+        """Read the device's decisions for every unread guarded step (waits for the device),
+        fill in their StepResults, warn about skipped steps, and take the step count."""
+        g = self._guard
+        if g is None or not g.pending:
+            return
+        ctl = _device.to_host(g.ctl)
+        for result, slot, rows in g.pending:
+            d = ctl[slot]
+            row = int(d[G_ROW])
+            result._grad_norm = float(d[G_NORM])
+            result._clipped, result._skipped = bool(d[G_CLIPPED]), bool(d[G_SKIPPED])
+            result._lr = rows[row].lr
+            result._owner = None
+            if result._skipped:
+                warnings.warn(f"skipped step {int(d[G_APPLIED])}: the gradient norm is "
+                              f"{result._grad_norm}; parameters, state and step count are "
+                              "unchanged", RuntimeWarning, stacklevel=3)
+        g.pending.clear()
+        g.t_lo = self._step_count = int(ctl[0, G_APPLIED])
 
     def _observe(self, norm, clipped, limit):
         if norm is None:
@@ -205,6 +334,7 @@ class Optimizer:
 
     def load_state_dict(self, sd) -> None:
         """Restore ``state_dict()`` output (e.g. from numpy.load); refuses any mismatch whole."""
+        self._settle()
         if not hasattr(sd, "keys"):
             raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
         extras = self._extras()

@@ -111,6 +111,127 @@ def test_optimizer_class_on_device_arrays():
         np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
 
 
+# -- guarded steps: norm, clip, skip and step count decided on the device ------------------------
+
+GUARD_SIZES = (1, 7, 300)  # small: the simulator runs every thread in Python
+
+
+def guard_grads(rng, dtype, kind, sizes=GUARD_SIZES):
+    dtype = np.dtype(dtype).type
+    g = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    if kind == "nan":
+        g[-1][5] = np.nan
+    elif kind == "inf":
+        g[1][0] = -np.inf
+    elif kind == "huge":  # float64 only: the squares overflow, the rescaled pass decides
+        g = [x * dtype(1e200) for x in g]
+    elif kind == "tiny":
+        g = [x * dtype(1e-200) for x in g]
+    return g
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rule", RULES)
+def test_guarded_step_matches_reference(rule, dtype):
+    """The backend's guarded_step against the reference's, step after step: params, state and
+    the whole control array (norm, scale, flags, row, count, per-slot copies) bit for bit,
+    through clipped, unclipped, skipped (NaN, inf) and, in float64, rescaled-norm steps."""
+    rng = np.random.default_rng(zlib.crc32(f"guard{rule}{dtype}".encode()))
+    kinds = ["clip", "nan", "free", "clip"] + (["huge", "tiny"] if dtype == np.float64 else [])
+    kinds += ["inf"]  # not skipped (skip_nonfinite off): params turn non-finite, so last
+    hp = [rng.standard_normal(n).astype(dtype) for n in GUARD_SIZES]
+    dp = dev(hp)
+    hs, ds = F.init_state(rule, hp), F.init_state(rule, dp)
+    W = _registry.GUARD_WINDOW
+    hctl = np.zeros((W + 1, _registry.GUARD_WIDTH))
+    hctl[0, _registry.G_APPLIED] = 3  # as if resumed at step 3
+    dctl = cuda.to_device(hctl)
+    ref, mod = _dispatch.module("numpy"), _dispatch.module(BACKEND)
+    t_lo = 2  # the host's window starts one below the true count: row 1 must be picked
+    for i, kind in enumerate(kinds):
+        hg = guard_grads(rng, dtype, kind)
+        rows = [F.scalars(rule, lr=0.01 * (t + 1), step=t, weight_decay=0.01,
+                          **HYPER.get(rule, {})) for t in range(t_lo, t_lo + 3 + i)]
+        limit = {"free": math.inf, "huge": 1e199}.get(kind, 5.0)
+        args = (rows, t_lo, limit, kind != "inf", )
+        ref.guarded_step(rule, hp, hg, [hs[k] for k in hs], *args, hctl, 1 + i % W)
+        mod.guarded_step(rule, dp, dev(hg), [ds[k] for k in ds], *args, dctl, 1 + i % W)
+        np.testing.assert_array_equal(dctl.copy_to_host(), hctl, err_msg=f"step {i} ({kind})")
+        for want, got in zip(hp, host(dp)):
+            np.testing.assert_array_equal(got, want, err_msg=f"step {i} ({kind})")
+        for name in hs:
+            for want, got in zip(hs[name], host(ds[name])):
+                np.testing.assert_array_equal(got, want, err_msg=f"state {name}, step {i}")
+    G = _registry
+    assert hctl[0, G.G_APPLIED] == 3 + len(kinds) - 1  # the NaN step was skipped, inf not
+    assert hctl[2, G.G_SKIPPED] == 1 and hctl[len(kinds), G.G_SKIPPED] == 0
+    assert hctl[1, G.G_CLIPPED] == 1 and hctl[3, G.G_CLIPPED] == 0
+
+
+def test_guarded_step_multi_block_norm():
+    """Arrays of several norm blocks: the device folds each array's block sums, then the
+    arrays', in the host's order (float64, with and without the rescaled pass)."""
+    rng = np.random.default_rng(4)
+    sizes = (2 * _registry.NORM_BLOCK + 3, 5)
+    G = _registry
+    for kind in ("clip", "huge"):
+        hg = guard_grads(rng, np.float64, kind, sizes)
+        hctl = np.zeros((G.GUARD_WINDOW + 1, G.GUARD_WIDTH))
+        dctl = cuda.to_device(hctl)
+        rows = [F.scalars("sgd", lr=0.0, step=0)]
+        hp, dp = [np.zeros(n) for n in sizes], dev([np.zeros(n) for n in sizes])
+        _dispatch.module("numpy").guarded_step("sgd", hp, hg, [], rows, 0, 1.0, True, hctl, 1)
+        _dispatch.module(BACKEND).guarded_step("sgd", dp, dev(hg), [], rows, 0, 1.0, True,
+                                               dctl, 1)
+        np.testing.assert_array_equal(dctl.copy_to_host(), hctl)
+        assert hctl[1, G.G_NORM] == fastopt.global_norm(hg) and hctl[1, G.G_CLIPPED] == 1
+
+
+def outcome(r):
+    return (str(r.grad_norm), r.clipped, r.skipped, r.lr)  # str: NaN equals NaN
+
+
+def test_optimizer_guarded_steps_equal_host_steps():
+    """fastopt.Adam on device arrays with clipping and a schedule: step() returns without
+    reading the device (pending results), the host reads once per GUARD_WINDOW unread steps,
+    and params, state, step count and every StepResult equal the host optimizer's bit for bit,
+    skipped NaN steps included; the skip warning comes when the results are read."""
+    import warnings
+    rng = np.random.default_rng(8)
+    hp = [rng.standard_normal(n).astype(np.float32) for n in GUARD_SIZES]
+    dp = strict(hp)
+    sched = fastopt.schedules.warmup_cosine(0.01, warmup_steps=5, total_steps=30)
+    kw = dict(lr=sched, weight_decay=0.01, max_grad_norm=3.0)
+    ho, do = fastopt.AdamW(hp, **kw, backend="numpy"), fastopt.AdamW(dp, **kw)
+    W = _registry.GUARD_WINDOW
+    want, got = [], []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for i in range(W + 7):
+            hg = guard_grads(rng, np.float32, "nan" if i in (3, 4, W + 2) else "clip")
+            want.append(ho.step(hg))
+            r = do.step(strict(hg))
+            assert r.pending and r._owner is do
+            got.append(r)
+            assert len(do._guard.pending) == i % W + 1  # settled once, after W unread steps
+        # the host optimizer warned 3 times; the device one when it read steps 3 and 4
+        assert sum("skipped step" in str(w.message) for w in seen) == 3 + 2
+        assert not got[0].pending and got[-1].pending
+        assert [outcome(r) for r in got] == [outcome(r) for r in want]
+        assert sum("skipped step" in str(w.message) for w in seen) == 3 + 3  # and step W + 2
+    assert got == want and do.step_count == ho.step_count == W + 7 - 3
+    for a, b in zip(hp, host(dp)):
+        np.testing.assert_array_equal(b, a)
+    for name in ho.state:
+        for a, b in zip(ho.state[name], host(do.state[name])):
+            np.testing.assert_array_equal(b, a)
+    sd = do.state_dict()
+    assert int(sd["step"]) == W + 4
+    do.load_state_dict(ho.state_dict())  # the device count starts afresh from the dict
+    hg = guard_grads(rng, np.float32, "clip")
+    assert do.step(strict(hg)) == ho.step(hg) and do.step_count == ho.step_count
+
+
 NORM_SIZES = (1, 7, 16385, 20000)  # short, a full block plus one, two blocks
 
 

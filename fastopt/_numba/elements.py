@@ -1,4 +1,5 @@
-"""The per-element optimizer math of csrc/common/optim_math.h, once, for both Numba targets.
+"""The per-element optimizer math of csrc/common/optim_math.h (and the norm's fold), once, for
+both Numba targets.
 
 Plain Python functions of scalars: ``fastopt._numba.optim`` compiles them with ``njit`` (inlined
 into its CPU loops) and ``fastopt._numba_cuda.optim`` with ``cuda.jit(device=True)``. Same
@@ -33,6 +34,24 @@ def adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nm, ng, n
     v = b2 * v + omb2 * (gg * gg)
     mm = nm * m + ng * gg if nadam else m
     return decay * p - alpha * mm / (math.sqrt(v) / c + eps), m, v
+
+
+def fold_pairwise(v, lo, n):
+    """The norm's fold in halves of v[lo:lo+n], in place (csrc/common/norm_math.h's
+    norm_fold_pairwise; zero padding to a power of two implied)."""
+    if n == 0:
+        return 0.0
+    w = 1
+    while w < n:
+        w *= 2
+    while w > 1:
+        h = w // 2
+        for j in range(n - h):
+            v[lo + j] = v[lo + j] + v[lo + j + h]
+        if n > h:
+            n = h
+        w = h
+    return v[lo]
 
 
 def scalar_args(rule, k, T):

@@ -12,6 +12,7 @@ from numba import carray, njit, prange
 
 from .._registry import NORM_BLOCK, NORM_LANES
 from .._validate import data_addresses
+from . import elements as E
 from .optim import _JIT, SERIAL_BELOW, _pointer, _twins
 
 # Literal, not read from the registry: numba's on-disk cache only notices edits to this file, so
@@ -54,22 +55,7 @@ def _block(x, b, e, scale, want_max):
     return acc[0], m
 
 
-@njit(**_JIT)
-def _fold(v, n):
-    """pairwise_sum of v[:n] in place (fold in halves, zero padding implied)."""
-    if n == 0:
-        return 0.0
-    w = 1
-    while w < n:
-        w *= 2
-    while w > 1:
-        h = w // 2
-        for j in range(n - h):
-            v[j] += v[j + h]
-        if n > h:
-            n = h
-        w = h
-    return v[0]
+_fold = njit(**_JIT)(E.fold_pairwise)
 
 
 def _partials(addresses, sizes, like, scale, want_max):
@@ -95,7 +81,7 @@ def _partials(addresses, sizes, like, scale, want_max):
         for k in range(first[a], first[a + 1]):
             m = maxs[k] if maxs[k] > m else m
         maxabs[a] = m
-        sumsq[a] = _fold(sums[first[a]:first[a + 1]], nb[a])
+        sumsq[a] = _fold(sums, first[a], nb[a])
     return sumsq, maxabs
 
 

@@ -27,6 +27,11 @@ def optim_update(rule, params, grads, states, k):
     run(rule, params, grads, states, k)
 
 
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+    from .guard import guarded_step as run
+    run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot)
+
+
 def norm_partials(arrays, scale, want_max):
     from .norm import norm_partials as run
     return run(arrays, scale, want_max)

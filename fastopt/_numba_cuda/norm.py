@@ -7,18 +7,25 @@ the host (``pairwise_sum``, the same order as norm_fold_pairwise).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import cuda, float64
 
 from .._reference.norm import pairwise_sum
-from .._registry import NORM_BLOCK, NORM_LANES
+from .._registry import G_EXP, GUARD_WIDTH, NORM_BLOCK, NORM_LANES
 from ._common import THREADS, as_numba, blocks, dadd, dmul, stream_of
 
 B, L = NORM_BLOCK, NORM_LANES
 
 
 @cuda.jit
-def _partials(x, scale, scaled, want_max, bsum, bmax):
+def _partials(x, scale, scaled, want_max, bsum, bmax, ctl, scale_on_device):
+    if scale_on_device:  # a guarded step's rescaled pass: 2**exp from the device, 0 = no pass
+        e = ctl[0, G_EXP]
+        if e == 0:
+            return
+        scale = math.ldexp(1.0, int(e))
     blk = cuda.blockIdx.x
     lane = cuda.threadIdx.x
     begin = blk * B
@@ -53,6 +60,16 @@ def _partials(x, scale, scaled, want_max, bsum, bmax):
         bmax[blk] = maxs[0]
 
 
+_NO_CTL = []
+
+
+def _no_ctl():
+    """A stand-in control array for passes whose scale comes from the host."""
+    if not _NO_CTL:
+        _NO_CTL.append(cuda.to_device(np.zeros((1, GUARD_WIDTH))))
+    return _NO_CTL[0]
+
+
 def norm_partials(arrays, scale, want_max):
     """Per array: (sum of (scale*x)^2 in the fixed order, max |x| or 0), float64 host arrays."""
     sumsq = np.zeros(len(arrays))
@@ -66,7 +83,7 @@ def norm_partials(arrays, scale, want_max):
         bsum = cuda.device_array(nb, np.float64, stream=stream)
         bmax = cuda.device_array(nb, np.float64, stream=stream)
         _partials[nb, L, stream](as_numba(a).reshape(n), np.float64(scale), scale != 1.0,
-                                 bool(want_max), bsum, bmax)
+                                 bool(want_max), bsum, bmax, _no_ctl(), False)
         sums, maxes = bsum.copy_to_host(stream=stream), bmax.copy_to_host(stream=stream)
         if stream:
             stream.synchronize()

@@ -2,6 +2,6 @@
 
 Every other backend is tested against these functions element by element.
 """
-from .optim import optim_update  # noqa: F401
+from .optim import guarded_step, optim_update  # noqa: F401
 from .norm import norm_partials, norm_scale  # noqa: F401
 from .halton import halton  # noqa: F401
