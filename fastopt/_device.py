@@ -256,6 +256,19 @@ def _importable(name) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def synchronize(a) -> None:
+    """Wait for all work queued on the device of array ``a``, whatever the stream."""
+    lib = _lib(a)
+    if lib == "cupy":
+        a.device.synchronize()
+    elif lib == "torch":
+        import torch
+        torch.cuda.synchronize(a.device)
+    elif lib != "sim":
+        from numba import cuda
+        cuda.synchronize()
+
+
 def to_host(a) -> np.ndarray:
     """A NumPy copy of a device array (float16/32/64)."""
     lib = _lib(a)

@@ -13,6 +13,12 @@ Every optimizer also takes the gradient-norm options of SPEC §3:
   RuntimeWarning, ``StepResult.skipped``), or ``"raise"``s FloatingPointError; ``"ignore"``
   trusts the gradients and, when nothing else needs the norm, saves the read pass.
 * ``monitor``: a ``fastopt.GradNormMonitor`` fed the unclipped norm of every step.
+* On device arrays (CuPy, PyTorch CUDA, Numba) a step that takes the norm is **guarded**: the
+  norm pass, the clip/skip decision and the step count stay on the device, so ``step`` queues
+  its kernels and returns without waiting; its ``StepResult`` is filled in (one wait) when a
+  field is first read, or after GUARD_WINDOW = 16 unread steps. Reading ``step_count`` or the
+  state dict waits too. A monitor, ``max_grad_norm="auto"``, ``nonfinite="raise"`` or a ``comm``
+  need the norm on the host every step, and take it there (one wait per step).
 * ``comm``: an mpi4py communicator when each process holds a shard of the parameters (see
   ``fastopt.distributed``): the norm is then the global one over every rank's gradients
   (float64 all-reduce), so ``grad_norm``, ``clipped`` and ``skipped`` agree on every rank.
@@ -205,6 +211,9 @@ class Optimizer:
 
         With ``comm``, T is the norm over all ranks' gradients and the call is collective; a
         rank whose ``grads`` are rejected raises its error and the others a ValueError.
+
+        On device arrays the step is guarded (see the module docstring): the same decisions
+        and bits, taken on the device; the result, and the skip warning, come when read.
         """
         limit = self.clip_threshold()
         need_norm = limit is not None or self.nonfinite != "ignore" or self.monitor is not None
@@ -289,6 +298,7 @@ class Optimizer:
         g = self._guard
         if g is None or not g.pending:
             return
+        _device.synchronize(g.ctl)  # the steps may have run on streams other than this one
         ctl = _device.to_host(g.ctl)
         for result, slot, rows in g.pending:
             d = ctl[slot]

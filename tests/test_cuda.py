@@ -47,6 +47,7 @@ def test_cuda_extension_compiled_where_nvcc_exists():
         assert any("_C_cuda" in f for f in files), "the installed fastopt has no _C_cuda"
         return
     ext = importlib.import_module("fastopt._C_cuda")  # ImportError = the build failed
+    assert (ext.guard_window, ext.guard_width) == (_registry.GUARD_WINDOW, _registry.GUARD_WIDTH)
     count, error = ext.device_count()
     assert count > 0 or error, "no device and no reason"
     for v in (3, 5, 6, 53, 1000, 65521, 2**31 - 1):  # the Halton kernel's 32-bit division
@@ -396,6 +397,48 @@ def test_gpu_halton_bits_equal_cpu(case, monkeypatch):
 
 @gpu
 @pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_gpu_guarded_step_matches_reference(dtype, lib):
+    """The cuda backend's guarded_step against the reference on host copies: the control array
+    bit for bit (norm, scale, flags, row, count), params close, through clipped, skipped and,
+    in float64, rescaled-norm steps; 16-bit grads are exact in float32 on the host."""
+    rng = np.random.default_rng(zlib.crc32(f"guard{dtype}{lib}".encode()))
+    wide = np.float64 if dtype == np.float64 else np.float32
+    sizes = (5, (1 << 16) + 3, 40000)
+    def val(x):  # values the dtype holds exactly (16-bit ones kept in float32 on the host)
+        return round_to(x, dtype) if dtype in (F16, BF16) else x
+
+    hp = [val(rng.standard_normal(n).astype(wide)) for n in sizes]
+    dp = [to_dev(lib, a, dtype) for a in hp]
+    hs, ds = F.init_state("adam", hp), F.init_state("adam", dp)
+    G = _registry
+    hctl = np.zeros((G.GUARD_WINDOW + 1, G.GUARD_WIDTH))
+    hctl[0, G.G_APPLIED] = 4
+    dctl = _device.from_host(dp[0], hctl)
+    kinds = ["clip", "nan", "free"] + (["huge", "tiny"] if dtype == np.float64 else [])
+    for i, kind in enumerate(kinds):
+        hg = [val(rng.standard_normal(n).astype(wide)) for n in sizes]
+        if kind == "nan":
+            hg[1][7] = np.nan
+        scale = {"huge": 1e200, "tiny": 1e-200}.get(kind, 1.0)
+        hg = [g * wide(scale) for g in hg]
+        rows = [F.scalars("adam", lr=0.01 / (t + 1), step=t) for t in range(3, 6 + i)]
+        limit = {"free": math.inf, "huge": 1e199}.get(kind, 20.0)
+        args = (rows, 3, limit, True, dctl, 1 + i)
+        _dispatch.module("cuda").guarded_step("adam", dp, [to_dev(lib, g, dtype) for g in hg],
+                                               [ds["m"], ds["v"]], *args)
+        _dispatch.module("numpy").guarded_step("adam", hp, hg, [hs["m"], hs["v"]], rows, 3,
+                                               limit, True, hctl, 1 + i)
+        hp = [val(a) for a in hp]  # 16-bit params: computed in float32, stored rounded
+        sync()
+        np.testing.assert_array_equal(to_np(dctl), hctl, err_msg=f"step {i} ({kind})")
+    for want, got in zip(hp, dp):
+        np.testing.assert_allclose(to_np(got), want.astype(np.float64), **TOL[dtype])
+    assert hctl[0, G.G_APPLIED] == 4 + len(kinds) - 1 and hctl[2, G.G_SKIPPED] == 1
+
+
+@gpu
+@pytest.mark.parametrize("lib", LIBS)
 def test_gpu_optimizer_class_streams_and_skip(lib):
     """fastopt.Adam on device arrays, on a non-default stream; a NaN gradient skips the step."""
     rng = np.random.default_rng(6)
@@ -421,9 +464,11 @@ def test_gpu_optimizer_class_streams_and_skip(lib):
         np.testing.assert_allclose(to_np(got), want, **TOL[np.dtype(np.float32)])
     bad = [np.full(a.size, np.nan, np.float32) for a in hp]
     before = [to_np(a) for a in dp]
+    r = do.step([to_dev(lib, g) for g in bad])
+    assert r.pending  # guarded: decided on the device, read when asked
     with pytest.warns(RuntimeWarning, match="skipped"):
-        r = do.step([to_dev(lib, g) for g in bad])
-    assert r.skipped and do.step_count == 3
+        assert r.skipped
+    assert do.step_count == 3
     assert all(np.array_equal(to_np(a), b) for a, b in zip(dp, before))
     sd = do.state_dict()
     assert all(isinstance(v, np.ndarray) for k, v in sd.items() if k.startswith(("m.", "v.")))

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/guard.h"
 #include "common/halton_tables.h"
 #include "cuda/launch.h"
 
@@ -78,6 +79,21 @@ PYBIND11_MODULE(_C_cuda, m) {
   }, py::arg("device"), py::arg("rule"), py::arg("dtype"), py::arg("params"), py::arg("grads"),
      py::arg("states"), py::arg("sizes"), py::arg("scalars"), py::arg("stream"),
      "Fused optimizer update over device arrays given by address (one launch per 640 arrays).");
+  m.def("guarded_step", [](int device, const std::string& rule, const std::string& dtype,
+                           const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& states,
+                           const Sizes& sizes, const std::vector<std::vector<double>>& rows,
+                           int64_t t_lo, double limit, bool skip_nonfinite, uintptr_t ctl,
+                           int slot, uintptr_t stream) {
+    const DType dt = dtype_of(dtype);
+    py::gil_scoped_release nogil;
+    guarded_step(device, rule, dt, params, grads, states, sizes, rows, t_lo, limit,
+                 skip_nonfinite, ctl, slot, stream);
+  }, py::arg("device"), py::arg("rule"), py::arg("dtype"), py::arg("params"), py::arg("grads"),
+     py::arg("states"), py::arg("sizes"), py::arg("rows"), py::arg("t_lo"), py::arg("limit"),
+     py::arg("skip_nonfinite"), py::arg("ctl"), py::arg("slot"), py::arg("stream"),
+     "A guarded step: norm, clip/skip/count decisions and update on the device, no waiting.");
+  m.attr("guard_window") = fastopt::kGuardWindow;
+  m.attr("guard_width") = fastopt::kGuardWidth;
   m.def("norm_partials", [](int device, const std::string& dtype, const Ptrs& arrays,
                             const Sizes& sizes, double scale, bool want_max, uintptr_t stream) {
     const DType dt = dtype_of(dtype);

@@ -91,5 +91,10 @@ class DeviceGuard {
   int old_ = -1;
 };
 
+// The norm pass of a guarded step (norm.cu): grads' norm and the clip/skip/count decisions
+// into the control array ctl (csrc/common/guard.h), all enqueued on st; nothing waits.
+void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st, double* ctl,
+                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot);
+
 }  // namespace cuda
 }  // namespace fastopt

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/guard.h"
 #include "common/norm_math.h"
 #include "cuda/cuda_common.cuh"
 
@@ -28,6 +29,7 @@ struct NormArgs {
   int32_t block_base;  // index of this launch's first block in the partial buffers
   int32_t array_base;  // index of this launch's first array in the outputs
   double scale;
+  const double* dexp;  // non-null: scale = 2^*dexp read on the device, and no pass if 0
   double* bsum;
   double* bmax;
   double* out_sum;
@@ -49,6 +51,11 @@ static_assert(kLanes <= 32 && 32 % kLanes == 0, "a norm block's lanes must tile 
 template <class T, bool Scaled, bool WantMax>
 __global__ void __launch_bounds__(32 * kWarps) partial_kernel(const __grid_constant__ NormArgs a) {
   using M = typename MaxType<T>::type;
+  double scale = a.scale;
+  if (a.dexp) {  // every thread reads the same value: the whole block leaves, or none does
+    if (*a.dexp == 0.0) return;
+    scale = ldexp(1.0, int(*a.dexp));
+  }
   const int lane = threadIdx.x % kLanes;  // the spec's lane within this thread's norm block
   const int32_t b = int32_t(blockIdx.x * (kWarps * kPerWarp) + threadIdx.x / kLanes);
   const bool active = b < a.first[a.n];  // idle groups still take part in the shuffles
@@ -69,9 +76,9 @@ __global__ void __launch_bounds__(32 * kWarps) partial_kernel(const __grid_const
 #pragma unroll
     for (int r = 0; r < U; ++r) v[r] = x[i + r * kLanes];
 #pragma unroll
-    for (int r = 0; r < U; ++r) norm_lane_add<Scaled, WantMax>(acc, m, M(widen(v[r])), a.scale);
+    for (int r = 0; r < U; ++r) norm_lane_add<Scaled, WantMax>(acc, m, M(widen(v[r])), scale);
   }
-  for (; i < n; i += kLanes) norm_lane_add<Scaled, WantMax>(acc, m, M(widen(x[i])), a.scale);
+  for (; i < n; i += kLanes) norm_lane_add<Scaled, WantMax>(acc, m, M(widen(x[i])), scale);
   for (int h = kLanes / 2; h >= 1; h /= 2) {  // norm_fold_lanes, within each group
     const double other = __shfl_down_sync(0xffffffffu, acc, h, kLanes);
     if (lane < h) acc = acc + other;
@@ -93,6 +100,7 @@ __global__ void __launch_bounds__(kFoldThreads) fold_kernel(const __grid_constan
                                                             bool want_max) {
   __shared__ double sh[kFoldShared];
   __shared__ double red[kFoldThreads];
+  if (a.dexp && *a.dexp == 0.0) return;  // the pass did not run
   const int j = blockIdx.x;
   double* v = a.bsum + a.block_base + a.first[j];
   int64_t n = a.first[j + 1] - a.first[j];
@@ -176,6 +184,66 @@ size_t fill(NormArgs& a, const Ptrs& arrays, const Sizes& sizes, size_t i, int64
   return i;
 }
 
+// Enqueues the passes for every array into out_sum/out_max (2 * arrays.size() doubles on the
+// device; each array's float64 sum of squares and max |x|). dexp: see NormArgs.
+void enqueue_partials(DType dt, const Ptrs& arrays, const Sizes& sizes, double scale,
+                      const double* dexp, bool want_max, cudaStream_t st, double* out) {
+  const size_t na = arrays.size();
+  int64_t total_blocks = 0;
+  for (auto s : sizes) total_blocks += (s + kNormBlock - 1) / kNormBlock;
+  if (total_blocks >= INT32_MAX / 2) throw std::invalid_argument("too many elements for one call");
+  StreamBuffer buf(2 * total_blocks * sizeof(double), st);  // freed in stream order
+  auto args = std::make_unique<NormArgs>();  // 20 KB: not on the stack
+  NormArgs& a = *args;
+  a.scale = scale;
+  a.dexp = dexp;
+  a.bsum = static_cast<double*>(buf.p);
+  a.bmax = a.bsum + total_blocks;
+  a.out_sum = out;
+  a.out_max = out + na;
+  check(cudaMemsetAsync(out, 0, 2 * na * sizeof(double), st), "cudaMemsetAsync");
+  const bool scaled = dexp != nullptr || scale != 1.0;
+  int64_t block_base = 0;
+  for (size_t i = 0; i < na;) {
+    i = fill(a, arrays, sizes, i, block_base, INT32_MAX / 2);
+    if (a.first[a.n] > 0) {
+      switch (dt) {
+        case DType::kF32: partials_dtype<float>(a, scaled, want_max, st); break;
+        case DType::kF64: partials_dtype<double>(a, scaled, want_max, st); break;
+        case DType::kF16: partials_dtype<__half>(a, scaled, want_max, st); break;
+        case DType::kBF16: partials_dtype<__nv_bfloat16>(a, scaled, want_max, st); break;
+      }
+      check(cudaGetLastError(), "norm kernel launch");
+      fold_kernel<<<unsigned(a.n), kFoldThreads, 0, st>>>(a, want_max);
+      check(cudaGetLastError(), "norm fold launch");
+    }
+    block_base += a.first[a.n];
+  }
+}
+
+// One thread: the arrays' sums -> the norm (fastopt.norm's order and rules) -> the guarded
+// step's decisions. First pass: sums and maxes at scale 1; the rescaled pass (float64 only)
+// runs when this sets a nonzero exponent, and its own call then decides.
+__global__ void guard_finish_kernel(double* sums, const double* maxes, int na, bool second,
+                                    double* ctl, int nrows, double t_lo, double limit,
+                                    bool skip_nonfinite, int slot) {
+  const double total = norm_fold_pairwise(sums, na);
+  double norm;
+  if (!second) {
+    double mx = 0.0;
+    for (int j = 0; j < na; ++j) mx = fmax(mx, maxes[j]);
+    const int exp = norm_sum_is_safe(total) ? 0 : norm_rescale_exp(total, mx);
+    ctl[kGExp] = exp;
+    ctl[kGMaxabs] = mx;
+    if (exp != 0) return;
+    norm = norm_sum_is_safe(total) ? sqrt(total) : norm_finish(total, mx, 0);
+  } else {
+    if (ctl[kGExp] == 0.0) return;
+    norm = norm_finish(total, ctl[kGMaxabs], int(ctl[kGExp]));
+  }
+  guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot);
+}
+
 }  // namespace
 
 void norm_partials(int device, DType dt, const Ptrs& arrays, const Sizes& sizes, double scale,
@@ -186,41 +254,33 @@ void norm_partials(int device, DType dt, const Ptrs& arrays, const Sizes& sizes,
   if (na == 0) return;
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream);
-  int64_t total_blocks = 0;
-  for (auto s : sizes) total_blocks += (s + kNormBlock - 1) / kNormBlock;
-  if (total_blocks >= INT32_MAX / 2) throw std::invalid_argument("too many elements for one call");
-  StreamBuffer buf((2 * total_blocks + 2 * na) * sizeof(double), st);
-  auto args = std::make_unique<NormArgs>();  // 20 KB: not on the stack
-  NormArgs& a = *args;
-  a.scale = scale;
-  a.bsum = static_cast<double*>(buf.p);
-  a.bmax = a.bsum + total_blocks;
-  a.out_sum = a.bmax + total_blocks;
-  a.out_max = a.out_sum + na;
-  check(cudaMemsetAsync(a.out_sum, 0, 2 * na * sizeof(double), st), "cudaMemsetAsync");
-  int64_t block_base = 0;
-  for (size_t i = 0; i < na;) {
-    i = fill(a, arrays, sizes, i, block_base, INT32_MAX / 2);
-    if (a.first[a.n] > 0) {
-      switch (dt) {
-        case DType::kF32: partials_dtype<float>(a, scale != 1.0, want_max, st); break;
-        case DType::kF64: partials_dtype<double>(a, scale != 1.0, want_max, st); break;
-        case DType::kF16: partials_dtype<__half>(a, scale != 1.0, want_max, st); break;
-        case DType::kBF16: partials_dtype<__nv_bfloat16>(a, scale != 1.0, want_max, st); break;
-      }
-      check(cudaGetLastError(), "norm kernel launch");
-      fold_kernel<<<unsigned(a.n), kFoldThreads, 0, st>>>(a, want_max);
-      check(cudaGetLastError(), "norm fold launch");
-    }
-    block_base += a.first[a.n];
-  }
+  StreamBuffer out(2 * na * sizeof(double), st);
+  enqueue_partials(dt, arrays, sizes, scale, nullptr, want_max, st, static_cast<double*>(out.p));
   std::vector<double> host(2 * na);
-  check(cudaMemcpyAsync(host.data(), a.out_sum, 2 * na * sizeof(double), cudaMemcpyDeviceToHost,
+  check(cudaMemcpyAsync(host.data(), out.p, 2 * na * sizeof(double), cudaMemcpyDeviceToHost,
                         st), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(st), "cudaStreamSynchronize");
   for (size_t i = 0; i < na; ++i) {
     host_sum[i] = host[i];
     host_max[i] = want_max ? host[na + i] : 0.0;
+  }
+}
+
+void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st, double* ctl,
+                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot) {
+  const size_t na = grads.size();
+  StreamBuffer out(2 * (na ? na : 1) * sizeof(double), st);
+  double* sums = static_cast<double*>(out.p);
+  // Squares of 32-bit and narrower values cannot overflow or underflow in float64: their first
+  // pass always decides. float64 may need the rescaled pass, which the device turns on.
+  const int passes = dt == DType::kF64 ? 2 : 1;
+  for (int pass = 0; pass < passes; ++pass) {
+    if (na) enqueue_partials(dt, grads, sizes, 1.0, pass ? ctl + kGExp : nullptr, pass == 0, st,
+                             sums);
+    else check(cudaMemsetAsync(sums, 0, 2 * sizeof(double), st), "cudaMemsetAsync");
+    guard_finish_kernel<<<1, 1, 0, st>>>(sums, sums + na, int(na), pass == 1, ctl, nrows,
+                                         double(t_lo), limit, skip_nonfinite, slot);
+    check(cudaGetLastError(), "guard kernel launch");
   }
 }
 

@@ -5,6 +5,7 @@
 // 64-bit. The per-element math is csrc/common/optim_math.h, the very code the CPU runs.
 #include <memory>
 
+#include "common/guard.h"
 #include "common/optim_math.h"
 #include "cuda/cuda_common.cuh"
 
@@ -14,12 +15,16 @@ namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;  // elements per block
 constexpr int kThreads = 256;
-// Kernel arguments may hold 32764 bytes (CUDA >= 12.1, Volta and newer): 640 arrays fit.
-constexpr int kMaxOptimArrays = 640;
+// Kernel arguments may hold 32764 bytes (CUDA >= 12.1, Volta and newer): 576 arrays fit
+// beside a guarded step's rows of scalars.
+constexpr int kMaxOptimArrays = 576;
 
 template <class A>
 struct OptimArgs {
   OptimCoef<A> k;
+  const double* ctl;                  // a guarded step's control array, else null
+  int32_t nrows;                      // guarded: the rows of scalars to pick from
+  OptimCoef<A> rows[kGuardWindow];
   int32_t n;                          // arrays in this launch
   int32_t first[kMaxOptimArrays + 1];  // first chunk of each array; first[n] = chunks
   int64_t size[kMaxOptimArrays];
@@ -78,13 +83,27 @@ optim_kernel(const __grid_constant__ OptimArgs<typename Arith<P>::type> a) {
   const int64_t len = a.size[j] - begin < kChunk ? a.size[j] - begin : kChunk;
   auto at = [&](int s) { return static_cast<A*>(a.ptr[s][j]) == nullptr
                                     ? nullptr : static_cast<A*>(a.ptr[s][j]) + begin; };
+  OptimCoef<A> k = a.k;
+  if (a.ctl) {  // guarded: the device decided (csrc/common/guard.h)
+    if (a.ctl[kGSkipped] != 0.0) return;
+    const int r = int(a.ctl[kGRow]);
+    k = a.rows[r < 0 ? 0 : (r >= a.nrows ? a.nrows - 1 : r)];
+    k.gscale = A(a.ctl[kGScale]);
+  }
   update_chunk<R, P>(static_cast<P*>(a.ptr[0][j]) + begin,
-                     static_cast<const P*>(a.ptr[1][j]) + begin, at(2), at(3), len, a.k);
+                     static_cast<const P*>(a.ptr[1][j]) + begin, at(2), at(3), len, k);
 }
+
+// A guarded step's part of the launch: its control array and rows of scalars.
+struct Guarded {
+  const double* ctl;
+  const std::vector<std::vector<double>>* rows;
+};
 
 template <class R, class P>
 void launch(const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& states,
-            const Sizes& sizes, const std::vector<double>& scalars, cudaStream_t stream) {
+            const Sizes& sizes, const std::vector<double>& scalars, cudaStream_t stream,
+            const Guarded* guarded) {
   using A = typename Arith<P>::type;
   if (int(states.size()) != R::kStates) throw std::invalid_argument("wrong number of state lists");
   for (const auto& s : states)
@@ -95,6 +114,13 @@ void launch(const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& stat
   auto args = std::make_unique<OptimArgs<A>>();  // 28 KB: not on the stack
   OptimArgs<A>& a = *args;
   a.k = OptimCoef<A>::make(scalars.data());
+  a.ctl = guarded ? guarded->ctl : nullptr;
+  a.nrows = guarded ? int32_t(guarded->rows->size()) : 0;
+  for (int32_t r = 0; r < a.nrows; ++r) {
+    if ((*guarded->rows)[r].size() != kNumOptimScalars)
+      throw std::invalid_argument("wrong number of scalars in a row");
+    a.rows[r] = OptimCoef<A>::make((*guarded->rows)[r].data());
+  }
   size_t i = 0;
   while (i < params.size()) {
     a.n = 0;
@@ -121,15 +147,33 @@ void launch(const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& stat
 
 template <class R>
 void launch_dtype(DType dt, const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& states,
-                  const Sizes& sizes, const std::vector<double>& scalars, cudaStream_t stream) {
+                  const Sizes& sizes, const std::vector<double>& scalars, cudaStream_t stream,
+                  const Guarded* g) {
   switch (dt) {
-    case DType::kF32: return launch<R, float>(params, grads, states, sizes, scalars, stream);
-    case DType::kF64: return launch<R, double>(params, grads, states, sizes, scalars, stream);
-    case DType::kF16: return launch<R, __half>(params, grads, states, sizes, scalars, stream);
+    case DType::kF32: return launch<R, float>(params, grads, states, sizes, scalars, stream, g);
+    case DType::kF64: return launch<R, double>(params, grads, states, sizes, scalars, stream, g);
+    case DType::kF16: return launch<R, __half>(params, grads, states, sizes, scalars, stream, g);
     case DType::kBF16:
-      return launch<R, __nv_bfloat16>(params, grads, states, sizes, scalars, stream);
+      return launch<R, __nv_bfloat16>(params, grads, states, sizes, scalars, stream, g);
   }
   throw std::invalid_argument("unsupported dtype");
+}
+
+void launch_rule(const std::string& rule, DType dt, const Ptrs& params, const Ptrs& grads,
+                 const std::vector<Ptrs>& states, const Sizes& sizes,
+                 const std::vector<double>& scalars, cudaStream_t st, const Guarded* g) {
+  if (rule == "sgd") return launch_dtype<Sgd>(dt, params, grads, states, sizes, scalars, st, g);
+  if (rule == "momentum")
+    return launch_dtype<Momentum<false>>(dt, params, grads, states, sizes, scalars, st, g);
+  if (rule == "nesterov")
+    return launch_dtype<Momentum<true>>(dt, params, grads, states, sizes, scalars, st, g);
+  if (rule == "rmsprop")
+    return launch_dtype<RmsProp>(dt, params, grads, states, sizes, scalars, st, g);
+  if (rule == "adam" || rule == "adamw")
+    return launch_dtype<Adam<false>>(dt, params, grads, states, sizes, scalars, st, g);
+  if (rule == "nadam")
+    return launch_dtype<Adam<true>>(dt, params, grads, states, sizes, scalars, st, g);
+  throw std::invalid_argument("unknown optimizer rule: " + rule);
 }
 
 }  // namespace
@@ -139,19 +183,23 @@ void optim_update(int device, const std::string& rule, DType dt, const Ptrs& par
                   const std::vector<double>& scalars, uintptr_t stream_handle) {
   if (params.empty()) return;
   DeviceGuard guard(device);
+  launch_rule(rule, dt, params, grads, states, sizes, scalars, as_stream(stream_handle), nullptr);
+}
+
+void guarded_step(int device, const std::string& rule, DType dt, const Ptrs& params,
+                  const Ptrs& grads, const std::vector<Ptrs>& states, const Sizes& sizes,
+                  const std::vector<std::vector<double>>& rows, int64_t t_lo, double limit,
+                  bool skip_nonfinite, uintptr_t ctl, int slot, uintptr_t stream_handle) {
+  if (rows.empty() || rows.size() > size_t(kGuardWindow))
+    throw std::invalid_argument("a guarded step takes 1 to 16 rows of scalars");
+  if (slot < 1 || slot > kGuardWindow) throw std::invalid_argument("slot out of range");
+  if (grads.size() != params.size()) throw std::invalid_argument("grads and params differ");
+  DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream_handle);
-  if (rule == "sgd") return launch_dtype<Sgd>(dt, params, grads, states, sizes, scalars, st);
-  if (rule == "momentum")
-    return launch_dtype<Momentum<false>>(dt, params, grads, states, sizes, scalars, st);
-  if (rule == "nesterov")
-    return launch_dtype<Momentum<true>>(dt, params, grads, states, sizes, scalars, st);
-  if (rule == "rmsprop")
-    return launch_dtype<RmsProp>(dt, params, grads, states, sizes, scalars, st);
-  if (rule == "adam" || rule == "adamw")
-    return launch_dtype<Adam<false>>(dt, params, grads, states, sizes, scalars, st);
-  if (rule == "nadam")
-    return launch_dtype<Adam<true>>(dt, params, grads, states, sizes, scalars, st);
-  throw std::invalid_argument("unknown optimizer rule: " + rule);
+  double* c = reinterpret_cast<double*>(ctl);
+  guard_norm(dt, grads, sizes, st, c, int(rows.size()), t_lo, limit, skip_nonfinite, slot);
+  const Guarded g{c, &rows};
+  launch_rule(rule, dt, params, grads, states, sizes, rows[0], st, &g);
 }
 
 }  // namespace cuda
