@@ -102,10 +102,12 @@ def benchmarks(n_flat, reps):
     del dst
 
     # Adam float32, one flat array: 28 B/element (p, g, m, v read; p, m, v written).
-    def adam_case(label, sizes, dtype, bytes_per):
+    def adam_case(label, sizes, dtype, bytes_per, clip=False):
         p = [torch.randn(n, device=dev, dtype=dtype) for n in sizes]
         g = [torch.randn(n, device=dev, dtype=dtype) for n in sizes]
-        opt = fastopt.Adam(p, lr=1e-3, nonfinite="ignore")
+        # clip: a guarded step (norm, clip decision and count on the device; results unread)
+        opt = (fastopt.Adam(p, lr=1e-3, max_grad_norm=1.0) if clip
+               else fastopt.Adam(p, lr=1e-3, nonfinite="ignore"))
         t = median_time(lambda: opt.step(g), reps, torch)
         peer = None
         try:
@@ -113,7 +115,12 @@ def benchmarks(n_flat, reps):
             for x, y in zip(q, g):
                 x.grad = y.clone()
             topt = torch.optim.Adam(q, lr=1e-3, fused=True)
-            peer = median_time(topt.step, reps, torch)
+
+            def peer_step():
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(q, 1.0)
+                topt.step()
+            peer = median_time(peer_step, reps, torch)
             del q, topt
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"torch fused Adam failed: {e}")
@@ -127,6 +134,8 @@ def benchmarks(n_flat, reps):
     w = rng.lognormal(0, 1.5, size=1000)
     sizes = [max(1, int(x)) for x in w / w.sum() * n_flat]
     adam_case("Adam fp32 1000 arrays", sizes, torch.float32, 28)
+    # + max_grad_norm, against fused Adam after clip_grad_norm_: 4 more B/element read
+    adam_case("Adam fp32 1000 arrays, clipped", sizes, torch.float32, 32, clip=True)
     # bf16 params and grads, fp32 state: 2 + 2 + 2 + 16 = 22 B/element (torch keeps bf16 state)
     adam_case("Adam bf16 p, fp32 state", [n_flat], torch.bfloat16, 22)
 
