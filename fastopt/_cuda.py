@@ -51,14 +51,16 @@ def optim_update(rule, params, grads, states, k):
                         stream)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+                 mirror=None):
     if not params:
         return
     device, dtype, stream = _where(params)
     _ext().guarded_step(device, rule, dtype, _device.pointers(params), _device.pointers(grads),
                         [_device.pointers(s) for s in states], _device.sizes(params),
                         [list(k) for k in rows], int(t_lo), float(limit), bool(skip_nonfinite),
-                        _device.pointers([ctl])[0], int(slot), stream)
+                        _device.pointers([ctl])[0], int(slot), float(seq),
+                        0 if mirror is None else mirror.address, stream)
 
 
 def norm_partials(arrays, scale, want_max):

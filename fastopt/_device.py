@@ -256,6 +256,39 @@ def _importable(name) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+class Mapped(NamedTuple):
+    """Pinned host memory that kernels write directly (with unified addressing, as on every
+    64-bit CUDA system, a pinned allocation's device address is its host address)."""
+    host: np.ndarray  # the NumPy view the host reads
+    address: int  # what the CUDA kernels take
+    device: object  # what numba-cuda kernels take
+    owner: object  # keeps the allocation alive
+
+
+def mapped(like, shape) -> Mapped | None:
+    """Zeroed float64 host memory of ``shape`` that kernels on ``like``'s device can write, from
+    ``like``'s library; None where that library offers none."""
+    lib = _lib(like)
+    n = int(np.prod(shape))
+    if lib == "cupy":
+        import cupy
+        mem = cupy.cuda.alloc_pinned_memory(n * 8)
+        host = np.frombuffer(mem, np.float64, n).reshape(shape)
+        host[...] = 0.0
+        return Mapped(host, int(mem.ptr), None, mem)
+    if lib == "torch":
+        import torch
+        t = torch.zeros(tuple(shape), dtype=torch.float64, pin_memory=True)
+        return Mapped(t.numpy(), int(t.data_ptr()), None, t)
+    if lib == "sim" or hasattr(like, "copy_to_host"):
+        from numba import cuda
+        a = cuda.mapped_array(tuple(shape), np.float64)
+        host = a._ary if lib == "sim" else a
+        host[...] = 0.0
+        return Mapped(host, int(host.ctypes.data), a, a)
+    return None
+
+
 def synchronize(a) -> None:
     """Wait for all work queued on the device of array ``a``, whatever the stream."""
     lib = _lib(a)

@@ -102,3 +102,7 @@ GUARD_WINDOW = 16
 #: decisions of the step issued into slot s, until the host reads them.
 GUARD_WIDTH = 8
 (G_APPLIED, G_NORM, G_SCALE, G_SKIPPED, G_CLIPPED, G_ROW, G_EXP, G_MAXABS) = range(GUARD_WIDTH)
+#: In a slot row, column G_EXP holds instead the step's issue number (1, 2, ...). The same row
+#: also goes to a host-mapped mirror, when there is one, with the issue number written last: the
+#: host can then read a finished step's decisions without waiting for anything.
+G_SEQ = G_EXP

@@ -34,7 +34,7 @@ import numpy as np
 from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
-from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SKIPPED, GUARD_WIDTH,
+from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
                         GUARD_WINDOW, OPTIM_STATE)
 from . import _dispatch
 from . import _device, _mpi
@@ -80,7 +80,7 @@ class StepResult:
 
     def _get(self, field):
         if self._owner is not None:
-            self._owner._settle()
+            self._owner._settle(self)
         return getattr(self, field)
 
     grad_norm = property(lambda self: self._get("_grad_norm"))
@@ -108,14 +108,17 @@ class StepResult:
 
 class _Guard:
     """The device side of guarded steps: the control array (``_registry.GUARD_*``) on the
-    params' device, the step count the host last read (t_lo), and the results not read yet."""
+    params' device and its host-mapped mirror of finished steps' rows (None if the array
+    library has no pinned memory), the step count the host knows (t_lo), and the results not
+    read yet."""
 
     def __init__(self, like, step_count):
         ctl = np.zeros((GUARD_WINDOW + 1, GUARD_WIDTH))
         ctl[0, G_APPLIED] = step_count
         self.ctl = _device.from_host(like, ctl)
+        self.mirror = _device.mapped(like, ctl.shape)
         self.t_lo = step_count
-        self.pending = []  # (StepResult, slot, rows) in issue order
+        self.pending = []  # (StepResult, slot, rows, issue number) in issue order
         self.issued = 0
 
 
@@ -270,17 +273,20 @@ class Optimizer:
                                  dtype=dtype_of(self.params[0]))
         g = self._guard
         if g is not None and len(g.pending) + 1 > GUARD_WINDOW:
-            self._settle()
+            self._harvest()  # finished steps narrow the window without waiting
+            if len(g.pending) + 1 > GUARD_WINDOW:
+                self._settle()  # the device is a whole window behind: waiting costs nothing
         if g is None:
             g = self._guard = _Guard(self.params[0], self._step_count)
         rows = [self._row(t) for t in range(g.t_lo, g.t_lo + len(g.pending) + 1)]
-        slot = 1 + g.issued % GUARD_WINDOW
+        slot, seq = 1 + g.issued % GUARD_WINDOW, g.issued + 1
         _dispatch.module(name).guarded_step(
             self.rule, self.params, grads, self._states(), rows, g.t_lo,
-            math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot)
-        g.issued += 1
+            math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot, seq,
+            g.mirror)
+        g.issued = seq
         result = StepResult(None, None, None, None, _owner=self)
-        g.pending.append((result, slot, rows))
+        g.pending.append((result, slot, rows, seq))
         return result
 
     def _row(self, t):
@@ -292,25 +298,48 @@ class Optimizer:
             k = self._rows[t] = F.scalars(self.rule, lr=self.lr_at(t), step=t, **self.hyper)
         return k
 
-    def _settle(self):
-        """Read the device's decisions for every unread guarded step (waits for the device),
-        fill in their StepResults, warn about skipped steps, and take the step count."""
+    def _fill(self, result, d, rows):
+        """A pending StepResult from its decisions row ``d``; warns if the step was skipped."""
+        result._grad_norm = float(d[G_NORM])
+        result._clipped, result._skipped = bool(d[G_CLIPPED]), bool(d[G_SKIPPED])
+        result._lr = rows[int(d[G_ROW])].lr
+        result._owner = None
+        if result._skipped:
+            warnings.warn(f"skipped step {int(d[G_APPLIED])}: the gradient norm is "
+                          f"{result._grad_norm}; parameters, state and step count are "
+                          "unchanged", RuntimeWarning, stacklevel=4)
+
+    def _harvest(self):
+        """Take the decisions of the guarded steps that have finished, oldest first, from the
+        host-mapped mirror: no waiting. A row counts once its issue number is there (the
+        device writes that last)."""
+        g = self._guard
+        if g is None or g.mirror is None:
+            return
+        host = g.mirror.host
+        while g.pending:
+            result, slot, rows, seq = g.pending[0]
+            if host[slot, G_SEQ] != seq:  # read before the row: x86 keeps loads in order
+                return
+            d = host[slot].copy()
+            self._fill(result, d, rows)
+            g.pending.pop(0)
+            g.t_lo = self._step_count = int(d[G_APPLIED]) + (0 if d[G_SKIPPED] else 1)
+
+    def _settle(self, result=None):
+        """Read the device's decisions for every unread guarded step (``result``: at least up
+        to that one), fill in their StepResults, warn about skipped steps, and take the step
+        count. Finished steps come from the mirror; the rest wait for the device."""
         g = self._guard
         if g is None or not g.pending:
             return
+        self._harvest()
+        if not g.pending or (result is not None and result._owner is None):
+            return
         _device.synchronize(g.ctl)  # the steps may have run on streams other than this one
         ctl = _device.to_host(g.ctl)
-        for result, slot, rows in g.pending:
-            d = ctl[slot]
-            row = int(d[G_ROW])
-            result._grad_norm = float(d[G_NORM])
-            result._clipped, result._skipped = bool(d[G_CLIPPED]), bool(d[G_SKIPPED])
-            result._lr = rows[row].lr
-            result._owner = None
-            if result._skipped:
-                warnings.warn(f"skipped step {int(d[G_APPLIED])}: the gradient norm is "
-                              f"{result._grad_norm}; parameters, state and step count are "
-                              "unchanged", RuntimeWarning, stacklevel=3)
+        for result, slot, rows, _ in g.pending:
+            self._fill(result, ctl[slot], rows)
         g.pending.clear()
         g.t_lo = self._step_count = int(ctl[0, G_APPLIED])
 

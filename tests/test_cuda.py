@@ -415,6 +415,8 @@ def test_gpu_guarded_step_matches_reference(dtype, lib):
     hctl = np.zeros((G.GUARD_WINDOW + 1, G.GUARD_WIDTH))
     hctl[0, G.G_APPLIED] = 4
     dctl = _device.from_host(dp[0], hctl)
+    hmirror = _device.Mapped(np.zeros_like(hctl), 0, None, None)
+    dmirror = _device.mapped(dp[0], hctl.shape)
     kinds = ["clip", "nan", "free"] + (["huge", "tiny"] if dtype == np.float64 else [])
     for i, kind in enumerate(kinds):
         hg = [val(rng.standard_normal(n).astype(wide)) for n in sizes]
@@ -424,14 +426,16 @@ def test_gpu_guarded_step_matches_reference(dtype, lib):
         hg = [g * wide(scale) for g in hg]
         rows = [F.scalars("adam", lr=0.01 / (t + 1), step=t) for t in range(3, 6 + i)]
         limit = {"free": math.inf, "huge": 1e199}.get(kind, 20.0)
-        args = (rows, 3, limit, True, dctl, 1 + i)
+        args = (rows, 3, limit, True)
         _dispatch.module("cuda").guarded_step("adam", dp, [to_dev(lib, g, dtype) for g in hg],
-                                               [ds["m"], ds["v"]], *args)
-        _dispatch.module("numpy").guarded_step("adam", hp, hg, [hs["m"], hs["v"]], rows, 3,
-                                               limit, True, hctl, 1 + i)
+                                               [ds["m"], ds["v"]], *args, dctl, 1 + i, i + 1,
+                                               dmirror)
+        _dispatch.module("numpy").guarded_step("adam", hp, hg, [hs["m"], hs["v"]], *args, hctl,
+                                               1 + i, i + 1, hmirror)
         hp = [val(a) for a in hp]  # 16-bit params: computed in float32, stored rounded
         sync()
         np.testing.assert_array_equal(to_np(dctl), hctl, err_msg=f"step {i} ({kind})")
+        np.testing.assert_array_equal(dmirror.host, hmirror.host)  # written by the kernel
     for want, got in zip(hp, dp):
         np.testing.assert_allclose(to_np(got), want.astype(np.float64), **TOL[dtype])
     assert hctl[0, G.G_APPLIED] == 4 + len(kinds) - 1 and hctl[2, G.G_SKIPPED] == 1

@@ -21,7 +21,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     from numba import cuda
 
 import fastopt  # noqa: E402
-from fastopt import _dispatch, _registry  # noqa: E402
+from fastopt import _device, _dispatch, _registry  # noqa: E402
 from fastopt import functional as F  # noqa: E402
 
 BACKEND = "numba-cuda"
@@ -146,6 +146,8 @@ def test_guarded_step_matches_reference(rule, dtype):
     hctl = np.zeros((W + 1, _registry.GUARD_WIDTH))
     hctl[0, _registry.G_APPLIED] = 3  # as if resumed at step 3
     dctl = cuda.to_device(hctl)
+    hmirror = _device.Mapped(np.zeros_like(hctl), 0, None, None)
+    dmirror = _device.mapped(dctl, hctl.shape)
     ref, mod = _dispatch.module("numpy"), _dispatch.module(BACKEND)
     t_lo = 2  # the host's window starts one below the true count: row 1 must be picked
     for i, kind in enumerate(kinds):
@@ -154,9 +156,13 @@ def test_guarded_step_matches_reference(rule, dtype):
                           **HYPER.get(rule, {})) for t in range(t_lo, t_lo + 3 + i)]
         limit = {"free": math.inf, "huge": 1e199}.get(kind, 5.0)
         args = (rows, t_lo, limit, kind != "inf", )
-        ref.guarded_step(rule, hp, hg, [hs[k] for k in hs], *args, hctl, 1 + i % W)
-        mod.guarded_step(rule, dp, dev(hg), [ds[k] for k in ds], *args, dctl, 1 + i % W)
+        ref.guarded_step(rule, hp, hg, [hs[k] for k in hs], *args, hctl, 1 + i % W, i + 1,
+                         hmirror)
+        mod.guarded_step(rule, dp, dev(hg), [ds[k] for k in ds], *args, dctl, 1 + i % W, i + 1,
+                         dmirror)
         np.testing.assert_array_equal(dctl.copy_to_host(), hctl, err_msg=f"step {i} ({kind})")
+        np.testing.assert_array_equal(dmirror.host, hmirror.host)
+        np.testing.assert_array_equal(hmirror.host[1:i + 2], hctl[1:i + 2])  # slot rows
         for want, got in zip(hp, host(dp)):
             np.testing.assert_array_equal(got, want, err_msg=f"step {i} ({kind})")
         for name in hs:
@@ -180,9 +186,10 @@ def test_guarded_step_multi_block_norm():
         dctl = cuda.to_device(hctl)
         rows = [F.scalars("sgd", lr=0.0, step=0)]
         hp, dp = [np.zeros(n) for n in sizes], dev([np.zeros(n) for n in sizes])
-        _dispatch.module("numpy").guarded_step("sgd", hp, hg, [], rows, 0, 1.0, True, hctl, 1)
+        _dispatch.module("numpy").guarded_step("sgd", hp, hg, [], rows, 0, 1.0, True, hctl, 1,
+                                               1)
         _dispatch.module(BACKEND).guarded_step("sgd", dp, dev(hg), [], rows, 0, 1.0, True,
-                                               dctl, 1)
+                                               dctl, 1, 1)
         np.testing.assert_array_equal(dctl.copy_to_host(), hctl)
         assert hctl[1, G.G_NORM] == fastopt.global_norm(hg) and hctl[1, G.G_CLIPPED] == 1
 
@@ -191,12 +198,21 @@ def outcome(r):
     return (str(r.grad_norm), r.clipped, r.skipped, r.lr)  # str: NaN equals NaN
 
 
-def test_optimizer_guarded_steps_equal_host_steps():
-    """fastopt.Adam on device arrays with clipping and a schedule: step() returns without
-    reading the device (pending results), the host reads once per GUARD_WINDOW unread steps,
-    and params, state, step count and every StepResult equal the host optimizer's bit for bit,
+@pytest.mark.parametrize("mirror", [True, False], ids=["mirror", "no-mirror"])
+def test_optimizer_guarded_steps_equal_host_steps(mirror, monkeypatch):
+    """fastopt.AdamW on device arrays with clipping and a schedule: step() returns without
+    reading the device (pending results); after GUARD_WINDOW unread steps the host takes the
+    finished ones from the host-mapped mirror without waiting (or, with no mirror, waits once);
+    params, state, step count and every StepResult equal the host optimizer's bit for bit,
     skipped NaN steps included; the skip warning comes when the results are read."""
     import warnings
+    if mirror:  # every simulated step has finished: nothing may wait for the device
+        def no_wait(a):
+            raise AssertionError("waited for the device")
+        monkeypatch.setattr(_device, "synchronize", no_wait)
+        monkeypatch.setattr(_device, "to_host", no_wait)
+    else:
+        monkeypatch.setattr(_device, "mapped", lambda like, shape: None)
     rng = np.random.default_rng(8)
     hp = [rng.standard_normal(n).astype(np.float32) for n in GUARD_SIZES]
     dp = strict(hp)
@@ -225,6 +241,7 @@ def test_optimizer_guarded_steps_equal_host_steps():
     for name in ho.state:
         for a, b in zip(ho.state[name], host(do.state[name])):
             np.testing.assert_array_equal(b, a)
+    monkeypatch.undo()  # the state dict copies device arrays to the host
     sd = do.state_dict()
     assert int(sd["step"]) == W + 4
     do.load_state_dict(ho.state_dict())  # the device count starts afresh from the dict

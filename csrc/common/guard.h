@@ -12,6 +12,7 @@ namespace fastopt {
 constexpr int kGuardWindow = 16;  // rows of scalars a step may choose from
 constexpr int kGuardWidth = 8;    // doubles per control row
 enum GuardField { kGApplied, kGNorm, kGScale, kGSkipped, kGClipped, kGRow, kGExp, kGMaxabs };
+constexpr int kGSeq = kGExp;  // in a slot row: the step's issue number
 
 // fastopt.norm: a sum of squares at least kSafeSum (and finite) needs no rescaling; below
 // kTiny a max |x| calls for it; the exponent is clamped to +-kExpLimit.
@@ -40,9 +41,10 @@ FO_HD inline double norm_finish(double total, double maxabs, int exp) {
 }
 
 // guard_decide: skip / clip / row / count from the step's norm, into the live row 0 and the
-// step's own row `slot`.
+// step's own row `slot` (with the issue number `seq`); that row also goes to `mirror` (host
+// memory the device can write; may be null), the issue number last, after a system fence.
 FO_HD inline void guard_decide(double* ctl, double norm, int nrows, double t_lo, double limit,
-                               bool skip_nonfinite, int slot) {
+                               bool skip_nonfinite, int slot, double seq, double* mirror) {
   double* live = ctl;
   double* mine = ctl + slot * kGuardWidth;
   const double applied = live[kGApplied];
@@ -62,8 +64,18 @@ FO_HD inline void guard_decide(double* ctl, double norm, int nrows, double t_lo,
     r[kGSkipped] = skip ? 1.0 : 0.0;
     r[kGClipped] = clipped ? 1.0 : 0.0;
   }
+  mine[kGSeq] = seq;
   live[kGApplied] = skip ? applied : applied + 1.0;
   live[kGExp] = live[kGMaxabs] = 0.0;
+  if (mirror) {
+    double* out = mirror + slot * kGuardWidth;
+    for (int c = 0; c < kGuardWidth; ++c)
+      if (c != kGSeq) out[c] = mine[c];
+#ifdef __CUDA_ARCH__
+    __threadfence_system();  // the row before its issue number, as the host sees them
+#endif
+    *reinterpret_cast<volatile double*>(out + kGSeq) = seq;
+  }
 }
 
 }  // namespace fastopt

@@ -83,14 +83,15 @@ PYBIND11_MODULE(_C_cuda, m) {
                            const Ptrs& params, const Ptrs& grads, const std::vector<Ptrs>& states,
                            const Sizes& sizes, const std::vector<std::vector<double>>& rows,
                            int64_t t_lo, double limit, bool skip_nonfinite, uintptr_t ctl,
-                           int slot, uintptr_t stream) {
+                           int slot, double seq, uintptr_t mirror, uintptr_t stream) {
     const DType dt = dtype_of(dtype);
     py::gil_scoped_release nogil;
     guarded_step(device, rule, dt, params, grads, states, sizes, rows, t_lo, limit,
-                 skip_nonfinite, ctl, slot, stream);
+                 skip_nonfinite, ctl, slot, seq, mirror, stream);
   }, py::arg("device"), py::arg("rule"), py::arg("dtype"), py::arg("params"), py::arg("grads"),
      py::arg("states"), py::arg("sizes"), py::arg("rows"), py::arg("t_lo"), py::arg("limit"),
-     py::arg("skip_nonfinite"), py::arg("ctl"), py::arg("slot"), py::arg("stream"),
+     py::arg("skip_nonfinite"), py::arg("ctl"), py::arg("slot"), py::arg("seq"),
+     py::arg("mirror"), py::arg("stream"),
      "A guarded step: norm, clip/skip/count decisions and update on the device, no waiting.");
   m.attr("guard_window") = fastopt::kGuardWindow;
   m.attr("guard_width") = fastopt::kGuardWidth;

@@ -92,9 +92,11 @@ class DeviceGuard {
 };
 
 // The norm pass of a guarded step (norm.cu): grads' norm and the clip/skip/count decisions
-// into the control array ctl (csrc/common/guard.h), all enqueued on st; nothing waits.
+// into the control array ctl and its host mirror (csrc/common/guard.h), all enqueued on st;
+// nothing waits.
 void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st, double* ctl,
-                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot);
+                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot, double seq,
+                double* mirror);
 
 }  // namespace cuda
 }  // namespace fastopt

@@ -24,12 +24,14 @@ void optim_update(int device, const std::string& rule, DType dtype, const Ptrs& 
 
 // A guarded step (fastopt/_reference/optim.py guarded_step): the norm of grads, then on the
 // device the decisions of csrc/common/guard.h into ctl ((kGuardWindow + 1) x kGuardWidth
-// float64 at that device address), then the update with scalars rows[count - t_lo] and the
-// decided grad scale, or none when skipped. All on `stream`; nothing waits.
+// float64 at that device address) and into the pinned host rows at `mirror` (0: none), then
+// the update with scalars rows[count - t_lo] and the decided grad scale, or none when skipped.
+// All on `stream`; nothing waits.
 void guarded_step(int device, const std::string& rule, DType dtype, const Ptrs& params,
                   const Ptrs& grads, const std::vector<Ptrs>& states, const Sizes& sizes,
                   const std::vector<std::vector<double>>& rows, int64_t t_lo, double limit,
-                  bool skip_nonfinite, uintptr_t ctl, int slot, uintptr_t stream);
+                  bool skip_nonfinite, uintptr_t ctl, int slot, double seq, uintptr_t mirror,
+                  uintptr_t stream);
 
 // Per array: the float64 sum of (scale*x)^2 in csrc/common/norm_math.h's fixed order and
 // max |x| (0 unless want_max), copied to host_sum/host_max (length sizes.size()). Waits for

@@ -226,7 +226,7 @@ void enqueue_partials(DType dt, const Ptrs& arrays, const Sizes& sizes, double s
 // runs when this sets a nonzero exponent, and its own call then decides.
 __global__ void guard_finish_kernel(double* sums, const double* maxes, int na, bool second,
                                     double* ctl, int nrows, double t_lo, double limit,
-                                    bool skip_nonfinite, int slot) {
+                                    bool skip_nonfinite, int slot, double seq, double* mirror) {
   const double total = norm_fold_pairwise(sums, na);
   double norm;
   if (!second) {
@@ -241,7 +241,7 @@ __global__ void guard_finish_kernel(double* sums, const double* maxes, int na, b
     if (ctl[kGExp] == 0.0) return;
     norm = norm_finish(total, ctl[kGMaxabs], int(ctl[kGExp]));
   }
-  guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot);
+  guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirror);
 }
 
 }  // namespace
@@ -267,7 +267,8 @@ void norm_partials(int device, DType dt, const Ptrs& arrays, const Sizes& sizes,
 }
 
 void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st, double* ctl,
-                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot) {
+                int nrows, int64_t t_lo, double limit, bool skip_nonfinite, int slot, double seq,
+                double* mirror) {
   const size_t na = grads.size();
   StreamBuffer out(2 * (na ? na : 1) * sizeof(double), st);
   double* sums = static_cast<double*>(out.p);
@@ -279,7 +280,8 @@ void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st
                              sums);
     else check(cudaMemsetAsync(sums, 0, 2 * sizeof(double), st), "cudaMemsetAsync");
     guard_finish_kernel<<<1, 1, 0, st>>>(sums, sums + na, int(na), pass == 1, ctl, nrows,
-                                         double(t_lo), limit, skip_nonfinite, slot);
+                                         double(t_lo), limit, skip_nonfinite, slot, seq,
+                                         mirror);
     check(cudaGetLastError(), "guard kernel launch");
   }
 }

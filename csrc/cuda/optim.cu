@@ -189,7 +189,8 @@ void optim_update(int device, const std::string& rule, DType dt, const Ptrs& par
 void guarded_step(int device, const std::string& rule, DType dt, const Ptrs& params,
                   const Ptrs& grads, const std::vector<Ptrs>& states, const Sizes& sizes,
                   const std::vector<std::vector<double>>& rows, int64_t t_lo, double limit,
-                  bool skip_nonfinite, uintptr_t ctl, int slot, uintptr_t stream_handle) {
+                  bool skip_nonfinite, uintptr_t ctl, int slot, double seq, uintptr_t mirror,
+                  uintptr_t stream_handle) {
   if (rows.empty() || rows.size() > size_t(kGuardWindow))
     throw std::invalid_argument("a guarded step takes 1 to 16 rows of scalars");
   if (slot < 1 || slot > kGuardWindow) throw std::invalid_argument("slot out of range");
@@ -197,7 +198,8 @@ void guarded_step(int device, const std::string& rule, DType dt, const Ptrs& par
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream_handle);
   double* c = reinterpret_cast<double*>(ctl);
-  guard_norm(dt, grads, sizes, st, c, int(rows.size()), t_lo, limit, skip_nonfinite, slot);
+  guard_norm(dt, grads, sizes, st, c, int(rows.size()), t_lo, limit, skip_nonfinite, slot, seq,
+             reinterpret_cast<double*>(mirror));
   const Guarded g{c, &rows};
   launch_rule(rule, dt, params, grads, states, sizes, rows[0], st, &g);
 }

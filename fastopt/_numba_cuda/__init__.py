@@ -27,9 +27,10 @@ def optim_update(rule, params, grads, states, k):
     run(rule, params, grads, states, k)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+                 mirror=None):
     from .guard import guarded_step as run
-    run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot)
+    run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq, mirror)
 
 
 def norm_partials(arrays, scale, want_max):

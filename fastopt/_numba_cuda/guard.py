@@ -16,9 +16,9 @@ from numba import cuda
 
 from .._numba import elements as E
 from .._registry import (G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW, G_SCALE,
-                         G_SKIPPED, NORM_BLOCK, NORM_LANES, OPTIM_KERNEL)
+                         G_SEQ, G_SKIPPED, NORM_BLOCK, NORM_LANES, OPTIM_KERNEL)
 from ..norm import _EXP_LIMIT, _SAFE_SUM, _TINY
-from ._common import THREADS, as_numba, blocks, stream_of
+from ._common import SIMULATOR, THREADS, as_numba, blocks, stream_of
 from .norm import _partials
 from .optim import _e_adam, _e_momentum, _e_rmsprop, _e_sgd
 
@@ -38,7 +38,7 @@ def _finish(total, maxabs, exp):
 
 @cuda.jit
 def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfinite, slot,
-            gs):
+            seq, gs, mirror, has_mirror):
     """One thread: the block sums -> the norm -> the decisions (guard_decide)."""
     if cuda.grid(1) != 0:
         return
@@ -72,6 +72,7 @@ def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfi
     for c in range(ctl.shape[1]):
         ctl[slot, c] = 0.0
     ctl[slot, G_APPLIED] = applied
+    ctl[slot, G_SEQ] = seq
     for r in (0, slot):
         ctl[r, G_NORM] = norm
         ctl[r, G_SCALE] = scale
@@ -82,6 +83,13 @@ def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfi
     ctl[0, G_EXP] = 0.0
     ctl[0, G_MAXABS] = 0.0
     gs[0] = scale  # rounded once to the storage dtype, as the host's T(grad_scale)
+    if has_mirror:  # the row for the host, its issue number last and after a fence
+        for c in range(ctl.shape[1]):
+            if c != G_SEQ:
+                mirror[slot, c] = ctl[slot, c]
+        if not SIMULATOR:
+            cuda.threadfence_system()
+        mirror[slot, G_SEQ] = seq
 
 
 # The update kernels: the rule's element function with the device's row of scalars and scale.
@@ -121,7 +129,8 @@ def _adam(p, g, m, v, coef, gs, ctl, nadam):
                                    c[6], c[7], c[8], c[9], c[10], c[11], nadam)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+                 mirror=None):
     if not params:
         return
     kernel = OPTIM_KERNEL[rule]
@@ -144,7 +153,9 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
                 _partials[c, NORM_LANES, stream](x, np.float64(1.0), second, not second,
                                                  bsum[lo:lo + c], bmax[lo:lo + c], ctl, second)
         _decide[1, 1, stream](bsum, bmax, dfirst, sums, second, ctl, float(len(rows)),
-                              float(t_lo), float(limit), bool(skip_nonfinite), slot, gs)
+                              float(t_lo), float(limit), bool(skip_nonfinite), slot,
+                              float(seq), gs, ctl if mirror is None else mirror.device,
+                              mirror is not None)
     coef = np.array([E.scalar_args(kernel, k, T)[:_NCOEF[kernel]] for k in rows], dtype=T)
     coef = cuda.to_device(coef, stream=stream)
     for i, p in enumerate(params):

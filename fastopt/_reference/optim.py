@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._registry import (G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW, G_SCALE,
-                         G_SKIPPED, OPTIM_KERNEL)
+                         G_SEQ, G_SKIPPED, OPTIM_KERNEL)
 
 
 def _grad(p, g, k, T):
@@ -71,11 +71,12 @@ def optim_update(rule: str, params, grads, states, k):
         fn(p, grads[i], *(s[i] for s in states), k)
 
 
-def guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot):
+def guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirror=None):
     """A guarded step's decisions from its unclipped norm, into the control array ``ctl``
     (``_registry.GUARD_*``): skip when the norm is not finite and ``skip_nonfinite``; else clip
     when norm > limit (scale = limit / norm, float64); the scalars row is the step count minus
-    ``t_lo``; the count goes up unless skipped. Row ``slot`` keeps a copy for the host."""
+    ``t_lo``; the count goes up unless skipped. Row ``slot`` keeps a copy for the host, with the
+    issue number ``seq``; so does the same row of ``mirror`` (host memory), if given, seq last."""
     applied = float(ctl[0, G_APPLIED])
     skip = bool(skip_nonfinite) and not math.isfinite(norm)
     clipped = not skip and math.isfinite(norm) and norm > limit
@@ -85,21 +86,28 @@ def guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot):
     for c in (0, slot):
         ctl[c, G_NORM], ctl[c, G_SCALE], ctl[c, G_ROW] = norm, scale, row
         ctl[c, G_SKIPPED], ctl[c, G_CLIPPED] = float(skip), float(clipped)
-    ctl[slot, G_APPLIED] = applied
+    ctl[slot, G_APPLIED], ctl[slot, G_SEQ] = applied, seq
     ctl[0, G_APPLIED] = applied + (0.0 if skip else 1.0)
     ctl[0, G_EXP] = ctl[0, G_MAXABS] = 0.0
+    if mirror is not None:
+        mirror[slot, :G_SEQ] = ctl[slot, :G_SEQ]
+        mirror[slot, G_SEQ + 1:] = ctl[slot, G_SEQ + 1:]
+        mirror[slot, G_SEQ] = seq
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot,
+                 seq, mirror=None):
     """One step whose norm, clip, skip and count live in ``ctl``: the device kernels' contract.
 
     ``rows[j]`` are the Scalars for step count t_lo + j (gscale ignored); the norm of ``grads``
     is ``fastopt.global_norm``'s, bit for bit; ``guard_decide`` takes the decisions; unless the
-    step is skipped, ``rule`` runs with rows[row] and grad_scale = the decided scale.
+    step is skipped, ``rule`` runs with rows[row] and grad_scale = the decided scale. ``mirror``
+    is a ``_device.Mapped`` (host memory the device writes) or None.
     """
     from ..norm import _norm_checked  # the host norm, the one every backend must match
     norm = _norm_checked(grads, "numpy")
-    guard_decide(ctl, norm, len(rows), t_lo, limit, skip_nonfinite, slot)
+    guard_decide(ctl, norm, len(rows), t_lo, limit, skip_nonfinite, slot, seq,
+                 None if mirror is None else mirror.host)
     if not ctl[0, G_SKIPPED]:
         k = rows[int(ctl[0, G_ROW])]._replace(gscale=float(ctl[0, G_SCALE]))
         optim_update(rule, params, grads, states, k)
