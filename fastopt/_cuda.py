@@ -63,6 +63,14 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
                         0 if mirror is None else mirror.address, stream)
 
 
+def guarded_norm(arrays, ctl):
+    if not arrays:
+        return
+    device, dtype, stream = _where(arrays)
+    _ext().guarded_norm(device, dtype, _device.pointers(arrays), _device.sizes(arrays),
+                        _device.pointers([ctl])[0], stream)
+
+
 def norm_partials(arrays, scale, want_max):
     if not arrays:
         return np.zeros(0), np.zeros(0)

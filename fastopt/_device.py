@@ -213,14 +213,14 @@ def from_host(like, src: np.ndarray) -> object:
     """A new device array holding a copy of the NumPy array ``src``, from the library of the
     device array ``like`` and on its device."""
     lib = _lib(like)
-    src = np.ascontiguousarray(src)
+    src = np.array(src, order="C")  # a copy; keeps a 0-d shape (ascontiguousarray does not)
     if lib == "cupy":
         import cupy
         with cupy.cuda.Device(like.device.id):
             return cupy.asarray(src)
     if lib == "torch":
         import torch
-        return torch.from_numpy(src.copy()).to(like.device)
+        return torch.from_numpy(src).to(like.device)
     if lib == "sim" or hasattr(like, "copy_to_host"):
         from numba import cuda
         return cuda.to_device(src)
@@ -287,6 +287,13 @@ def mapped(like, shape) -> Mapped | None:
         host[...] = 0.0
         return Mapped(host, int(host.ctypes.data), a, a)
     return None
+
+
+def element(a, i, j):
+    """a[i, j] of a 2-d device array as a 0-d device array (a view; nothing is copied)."""
+    if _lib(a) in ("cupy", "torch"):
+        return a[i, j]
+    return a[i, j:j + 1].reshape(())
 
 
 def synchronize(a) -> None:

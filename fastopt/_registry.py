@@ -46,6 +46,8 @@ KERNELS: dict[str, dict[str, tuple[np.dtype, ...]]] = {
     # guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot):
     # an optimizer step whose norm, clip, skip and step count stay on the device (see GUARD_*).
     "optim.guarded_step": {"numpy": (F32, F64), **_DEVICE_FLOAT},
+    # guarded_norm(arrays, ctl): the norm into ctl[0, G_NORM] on the device, nothing read back.
+    "norm.guarded": {"numpy": (F32, F64), **_DEVICE_FLOAT},
     "halton.halton": {"cpp": (F64,), "numba": (F64,), "numpy": (F64,), "cuda": (F64,),
                       "numba-cuda": (F64,)},
 }

@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _dispatch, _mpi
+from . import _device, _dispatch, _mpi
 from ._reference.norm import pairwise_sum
-from ._registry import F32, F64
+from ._registry import F32, F64, G_NORM, GUARD_WIDTH, GUARD_WINDOW
 from ._validate import (as_list, check_float_arrays, check_no_overlap, dtype_of, is_device_array,
                         real)
 
@@ -165,6 +165,20 @@ def _norm_checked(arrays, backend, comm=None) -> float:
     return _finish(total, maxabs, p.exp)
 
 
+def _norm_on_device(arrays, backend):
+    """The 2-norm as a 0-d float64 device array: a guarded step's norm pass into a control
+    array of its own, nothing read back (mixed dtypes: the host's norm, copied over)."""
+    dts = set(_dtypes(arrays))
+    if len(dts) > 1:
+        return _device.from_host(arrays[0], np.array(_norm_checked(arrays, backend)))
+    dt = dts.pop()
+    name = _dispatch.resolve("norm.global_norm", backend, device=True, dtype=dt)
+    name = _dispatch.resolve("norm.guarded", name, device=True, dtype=dt)
+    ctl = _device.from_host(arrays[0], np.zeros((GUARD_WINDOW + 1, GUARD_WIDTH)))
+    _dispatch.module(name).guarded_norm(arrays, ctl)
+    return _device.element(ctl, 0, G_NORM)
+
+
 def _read_arrays(arrays, name):
     arrays = as_list(arrays, name)
     for a in arrays:  # the common case in one tight loop; anything else gets the full checks
@@ -181,7 +195,7 @@ def _read_arrays(arrays, name):
             for a in arrays]
 
 
-def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None):
+def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_array=False):
     r"""The norm of all elements of all arrays taken together, as a Python float.
 
     .. math::
@@ -202,6 +216,9 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None):
         the float64 squared sums are all-reduced (SUM, the max with MAX). Collective: every
         rank must call. A rank whose input is rejected raises its own error and the others a
         ``ValueError`` saying so (none waits forever). Not with ``per_array=True``.
+      as_array: return the 2-norm as a 0-d float64 array instead of a float: on device arrays
+        a device array computed and kept on the device (same bits, no waiting), on NumPy
+        arrays a NumPy one. Not with ``ord=inf``, ``per_array`` or ``comm``.
 
     Returns:
       the norm, or ``(norm, norms)`` with ``per_array=True``. The sum of squares is taken in
@@ -218,10 +235,19 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None):
         if per_array and comm is not None:
             raise ValueError("per_array=True cannot be combined with comm (each rank holds "
                              "its own arrays; call global_norm(..., per_array=True) locally)")
+        if not isinstance(as_array, (bool, np.bool_)):
+            raise TypeError(f"as_array must be a bool, got {type(as_array).__name__}")
+        if as_array and (ord != 2 or per_array or comm is not None):
+            raise ValueError("as_array=True gives the 2-norm alone: not with ord=inf, "
+                             "per_array=True or comm")
     except Exception:
         if comm is not None:
             _abandon(comm, "global_norm")
         raise
+    if as_array:
+        if arrays and is_device_array(arrays[0]):
+            return _norm_on_device(arrays, backend)
+        return np.array(_norm_checked(arrays, backend))
     total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2, comm=comm)
     if ord == 2:
         norm = _finish(total, maxabs, p.exp)

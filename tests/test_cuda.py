@@ -443,6 +443,20 @@ def test_gpu_guarded_step_matches_reference(dtype, lib):
 
 @gpu
 @pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_gpu_global_norm_as_device_array(dtype, lib):
+    """as_array=True on the GPU: a 0-d float64 device array with the CPU's bits."""
+    rng = np.random.default_rng(zlib.crc32(f"asarray{dtype}{lib}".encode()))
+    wide = np.float64 if dtype == np.float64 else np.float32
+    hx = [round_to(rng.standard_normal(n).astype(wide), dtype) if dtype in (F16, BF16)
+          else rng.standard_normal(n).astype(wide) for n in (3, (1 << 16) + 5, 70000)]
+    got = fastopt.global_norm([to_dev(lib, a, dtype) for a in hx], as_array=True)
+    assert _device.is_device_array(got) and tuple(got.shape) == ()
+    assert float(to_np(got)).hex() == fastopt.global_norm(hx).hex()
+
+
+@gpu
+@pytest.mark.parametrize("lib", LIBS)
 def test_gpu_optimizer_class_streams_and_skip(lib):
     """fastopt.Adam on device arrays, on a non-default stream; a NaN gradient skips the step."""
     rng = np.random.default_rng(6)

@@ -292,6 +292,27 @@ def test_global_norm_nonfinite_and_huge():
     assert big == pytest.approx(5e200, rel=1e-15)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_global_norm_as_device_array(dtype):
+    """as_array=True: a 0-d float64 device array, the host float's bits, for ordinary, huge,
+    tiny (float64), NaN and inf inputs; mixed dtypes too (through the host)."""
+    rng = np.random.default_rng(3)
+    cases = [norm_arrays(dtype)]
+    if dtype == np.float64:
+        cases += [[np.array([3e200, 4e200]), np.ones(3)], [np.array([3e-200, 4e-200])]]
+    for bad in (np.nan, np.inf):
+        c = [rng.standard_normal(n).astype(dtype) for n in (5, 40)]
+        c[1][7] = bad
+        cases.append(c)
+    for arrays in cases:
+        got = fastopt.global_norm(dev(arrays), as_array=True)
+        assert _device.is_device_array(got) and got.shape == () and got.dtype == np.float64
+        assert float(got.copy_to_host()).hex() == fastopt.global_norm(arrays).hex()
+    mixed = [np.ones(3, np.float32), np.full(2, 2.0)]
+    got = fastopt.global_norm(dev(mixed), as_array=True)
+    assert float(got.copy_to_host()) == fastopt.global_norm(mixed) == math.sqrt(11)
+
+
 def test_clip_by_global_norm_on_device():
     arrays = norm_arrays(np.float32, seed=2)
     d = dev(arrays)

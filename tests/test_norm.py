@@ -474,3 +474,16 @@ def test_native_layer_refuses_copies():
 def test_public_names():
     for name in ("global_norm", "clip_by_global_norm", "GradNormMonitor", "AutoClip"):
         assert hasattr(fastopt, name) and name in fastopt.__all__
+
+
+def test_as_array_on_host_and_its_bad_input():
+    """as_array=True on NumPy arrays: a 0-d float64 array with the float's value; refused with
+    ord=inf, per_array or a non-bool, before anything runs."""
+    x = [np.array([3.0, 4.0], np.float32), np.ones(2)]
+    got = fastopt.global_norm(x, as_array=True)
+    assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == np.float64
+    assert float(got) == fastopt.global_norm(x) == math.sqrt(27)
+    for kw, exc in ((dict(ord=math.inf), ValueError), (dict(per_array=True), ValueError),
+                    (dict(as_array=1), TypeError)):
+        with pytest.raises(exc, match="as_array"):
+            fastopt.global_norm(x, **{"as_array": True, **kw})

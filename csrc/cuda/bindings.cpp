@@ -93,6 +93,13 @@ PYBIND11_MODULE(_C_cuda, m) {
      py::arg("skip_nonfinite"), py::arg("ctl"), py::arg("slot"), py::arg("seq"),
      py::arg("mirror"), py::arg("stream"),
      "A guarded step: norm, clip/skip/count decisions and update on the device, no waiting.");
+  m.def("guarded_norm", [](int device, const std::string& dtype, const Ptrs& arrays,
+                           const Sizes& sizes, uintptr_t ctl, uintptr_t stream) {
+    const DType dt = dtype_of(dtype);
+    py::gil_scoped_release nogil;
+    guarded_norm(device, dt, arrays, sizes, ctl, stream);
+  }, py::arg("device"), py::arg("dtype"), py::arg("arrays"), py::arg("sizes"), py::arg("ctl"),
+     py::arg("stream"), "The global norm into the control array's row 0 (no waiting).");
   m.attr("guard_window") = fastopt::kGuardWindow;
   m.attr("guard_width") = fastopt::kGuardWidth;
   m.def("norm_partials", [](int device, const std::string& dtype, const Ptrs& arrays,

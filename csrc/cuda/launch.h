@@ -33,6 +33,11 @@ void guarded_step(int device, const std::string& rule, DType dtype, const Ptrs& 
                   bool skip_nonfinite, uintptr_t ctl, int slot, double seq, uintptr_t mirror,
                   uintptr_t stream);
 
+// The global norm of `arrays` into ctl[kGNorm] (a guarded step's norm pass with no limit and
+// no skipping; the step count in ctl moves on, which a norm-only control array ignores).
+void guarded_norm(int device, DType dtype, const Ptrs& arrays, const Sizes& sizes, uintptr_t ctl,
+                  uintptr_t stream);
+
 // Per array: the float64 sum of (scale*x)^2 in csrc/common/norm_math.h's fixed order and
 // max |x| (0 unless want_max), copied to host_sum/host_max (length sizes.size()). Waits for
 // the stream: the caller asked for numbers on the host.

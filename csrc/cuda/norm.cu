@@ -286,6 +286,15 @@ void guard_norm(DType dt, const Ptrs& grads, const Sizes& sizes, cudaStream_t st
   }
 }
 
+void guarded_norm(int device, DType dt, const Ptrs& arrays, const Sizes& sizes, uintptr_t ctl,
+                  uintptr_t stream) {
+  if (sizes.size() != arrays.size()) throw std::invalid_argument("arrays and sizes differ");
+  if (arrays.empty()) return;
+  DeviceGuard guard(device);
+  guard_norm(dt, arrays, sizes, as_stream(stream), reinterpret_cast<double*>(ctl), 1, 0,
+             INFINITY, false, 1, 0.0, nullptr);
+}
+
 // -- x <- s x --------------------------------------------------------------------------------
 
 namespace {

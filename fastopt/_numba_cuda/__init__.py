@@ -33,6 +33,11 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
     run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq, mirror)
 
 
+def guarded_norm(arrays, ctl):
+    from .guard import guarded_norm as run
+    run(arrays, ctl)
+
+
 def norm_partials(arrays, scale, want_max):
     from .norm import norm_partials as run
     return run(arrays, scale, want_max)

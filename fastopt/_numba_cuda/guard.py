@@ -129,11 +129,8 @@ def _adam(p, g, m, v, coef, gs, ctl, nadam):
                                    c[6], c[7], c[8], c[9], c[10], c[11], nadam)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
-                 mirror=None):
-    if not params:
-        return
-    kernel = OPTIM_KERNEL[rule]
+def _norm_passes(grads, ctl, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirror):
+    """The norm of ``grads`` and the decisions, on the device -> (flat grads, typed scale)."""
     T = np.dtype(grads[0].dtype).type
     stream = stream_of(grads[0])
     flat = [as_numba(g).reshape(int(g.size)) for g in grads]
@@ -152,10 +149,28 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
             if c:
                 _partials[c, NORM_LANES, stream](x, np.float64(1.0), second, not second,
                                                  bsum[lo:lo + c], bmax[lo:lo + c], ctl, second)
-        _decide[1, 1, stream](bsum, bmax, dfirst, sums, second, ctl, float(len(rows)),
+        _decide[1, 1, stream](bsum, bmax, dfirst, sums, second, ctl, float(nrows),
                               float(t_lo), float(limit), bool(skip_nonfinite), slot,
                               float(seq), gs, ctl if mirror is None else mirror.device,
                               mirror is not None)
+    return flat, gs
+
+
+def guarded_norm(arrays, ctl):
+    if arrays:
+        _norm_passes(arrays, ctl, 1, 0, math.inf, False, 1, 0, None)
+
+
+def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+                 mirror=None):
+    if not params:
+        return
+    kernel = OPTIM_KERNEL[rule]
+    T = np.dtype(grads[0].dtype).type
+    stream = stream_of(grads[0])
+    flat, gs = _norm_passes(grads, ctl, len(rows), t_lo, limit, skip_nonfinite, slot, seq,
+                            mirror)
+    ctl = as_numba(ctl)
     coef = np.array([E.scalar_args(kernel, k, T)[:_NCOEF[kernel]] for k in rows], dtype=T)
     coef = cuda.to_device(coef, stream=stream)
     for i, p in enumerate(params):

@@ -14,6 +14,8 @@ is harmless; that is what lets NumPy vectorise across blocks and lanes below and
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._registry import NORM_BLOCK, NORM_LANES
@@ -89,3 +91,11 @@ def norm_scale(arrays, factor):
     (as the optimizer kernels apply ``grad_scale``)."""
     for a in arrays:
         np.multiply(a, a.dtype.type(factor), out=a)
+
+
+def guarded_norm(arrays, ctl):
+    """The norm of ``arrays`` into ctl[0, G_NORM] (and ctl[1], a guarded step's slot row, as
+    the device kernels do), deciding nothing else: fastopt.global_norm(as_array=True)."""
+    from ..norm import _norm_checked
+    from .optim import guard_decide
+    guard_decide(ctl, _norm_checked(arrays, "numpy"), 1, 0, math.inf, False, 1, 0)
