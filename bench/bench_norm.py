@@ -119,7 +119,8 @@ def table(title, med, total, ref, ceiling, bytes_per, bytes_of=None):
              f"{ref[:20] + ' is x faster':>32}"]
     for name, sec in med.items():
         gbps = total * (bytes_of or {}).get(name, bytes_per) / sec / 1e9
-        pct = f"{100 * med[ceiling] / sec:.0f}%" if ceiling in med else ""
+        other_ceiling = name.startswith("ceiling") and name != ceiling
+        pct = f"{100 * med[ceiling] / sec:.0f}%" if ceiling in med and not other_ceiling else ""
         lines.append(f"{name:<36} {sec * 1e3:8.3f} {gbps:7.2f} {pct:>7} {sec / med[ref]:32.2f}")
     return "\n".join(lines)
 
