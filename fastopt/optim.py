@@ -272,8 +272,8 @@ class Optimizer:
         name = _dispatch.resolve("optim.guarded_step", name, device=True,
                                  dtype=dtype_of(self.params[0]))
         g = self._guard
-        if g is not None and len(g.pending) + 1 > GUARD_WINDOW:
-            self._harvest()  # finished steps narrow the window without waiting
+        if g is not None and g.pending:
+            self._harvest()  # finished steps narrow the window (and warn) without waiting
             if len(g.pending) + 1 > GUARD_WINDOW:
                 self._settle()  # the device is a whole window behind: waiting costs nothing
         if g is None:
