@@ -23,6 +23,33 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& a : arrays) out.push_back(uintptr_t(py::cast<py::array>(a).data()));
     return out;
   }, "Data pointers of a list of ndarrays (fast argument validation).");
+  m.def("like_addresses", [](const py::list& ref, const py::list& other) -> py::object {
+    // The optimizers' per-step check in one pass: other[i] is exactly an ndarray of ref[i]'s
+    // dtype and shape, C-contiguous, and ref[i] is still writable. Returns other's data
+    // addresses, or None when anything differs (Python's detailed checks then say what).
+    const size_t n = ref.size();
+    if (other.size() != n) return py::none();
+    auto* nd_type = reinterpret_cast<PyObject*>(py::detail::npy_api::get().PyArray_Type_);
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+    int64_t* o = out.mutable_data();
+    for (size_t i = 0; i < n; ++i) {
+      PyObject* a = PyList_GET_ITEM(ref.ptr(), i);
+      PyObject* b = PyList_GET_ITEM(other.ptr(), i);
+      if (reinterpret_cast<PyObject*>(Py_TYPE(a)) != nd_type ||
+          reinterpret_cast<PyObject*>(Py_TYPE(b)) != nd_type)
+        return py::none();
+      auto A = py::reinterpret_borrow<py::array>(a), B = py::reinterpret_borrow<py::array>(b);
+      if (A.dtype().ptr() != B.dtype().ptr() || A.ndim() != B.ndim() || !A.writeable() ||
+          !(B.flags() & py::array::c_style))
+        return py::none();
+      for (py::ssize_t k = 0; k < A.ndim(); ++k)
+        if (A.shape(k) != B.shape(k)) return py::none();
+      o[i] = int64_t(reinterpret_cast<uintptr_t>(B.data()));
+    }
+    return std::move(out);
+  }, py::arg("ref"), py::arg("other"),
+     "other's data addresses if it matches ref array by array (type, dtype, shape, "
+     "C-contiguous; ref writable), else None.");
   fastopt::bind_optim(m);
   fastopt::bind_stream(m);
   fastopt::bind_norm(m);

@@ -48,6 +48,11 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 _NONFINITE = ("skip", "raise", "ignore")
 
+try:  # the per-step argument check's fast path; without the extension, Python's checks
+    from ._C import like_addresses as _like_addresses
+except ImportError:
+    _like_addresses = None
+
 
 def _check_max_grad_norm(value):
     """None, a float lambda > 0, or a policy with threshold() and update(norm) ("auto" is
@@ -168,13 +173,17 @@ class Optimizer:
 
     def _check_grads(self, grads) -> list:
         grads = as_list(grads, "grads")
-        check_like(self.params, "params", grads, "grads")
-        for i, p in enumerate(self.params):
-            if isinstance(p, np.ndarray) and not p.flags.writeable:
-                raise ValueError(f"params[{i}] became read-only")
+        # the common case in one native pass (C++ extension built, NumPy arrays that match)
+        start = _like_addresses(self.params, grads) if _like_addresses else None
+        if start is None:
+            check_like(self.params, "params", grads, "grads")
+            for i, p in enumerate(self.params):
+                if isinstance(p, np.ndarray) and not p.flags.writeable:
+                    raise ValueError(f"params[{i}] became read-only")
         if len(self._starts) and grads:
             # place each gradient's byte range among the (sorted, disjoint) written ranges
-            start = np.array(data_addresses(grads), np.int64)
+            if start is None:
+                start = np.array(data_addresses(grads), np.int64)
             end = start + self._nbytes  # grads match params in shape and dtype (checked)
             j = np.searchsorted(self._starts, end - 1, side="right") - 1
             bad = (end > start) & (j >= 0) & (self._ends[np.maximum(j, 0)] > start)

@@ -151,3 +151,25 @@ def test_native_boundary_refuses_copies():
     with pytest.raises(ValueError, match="read-only"):
         _C.optim_update("sgd", [ro], [p], [], k)
     assert np.all(p == 1) and np.all(ro == 1)
+
+
+def test_native_fast_check_accepts_only_exact_matches():
+    """The optimizers' one-pass native check (_C.like_addresses) says yes only for exact
+    ndarrays of the params' dtype and shape, C-contiguous, with writable params; anything else
+    goes to the detailed Python checks, which name the problem."""
+    if fastopt._dispatch.unavailable_reason("cpp"):
+        pytest.skip(fastopt._dispatch.unavailable_reason("cpp"))
+    from fastopt import _C
+    from fastopt._validate import data_addresses
+    p = [np.zeros(5, np.float32), np.zeros((2, 3))]
+    g = [np.ones(5, np.float32), np.ones((2, 3))]
+    assert list(_C.like_addresses(p, g)) == data_addresses(g)
+    bad = {"length": g[:1], "dtype": [g[0].astype(np.float64), g[1]],
+           "shape": [g[0], np.ones((3, 2))], "strided": [np.ones(10, np.float32)[::2], g[1]],
+           "subclass": [np.ma.ones(5, np.float32), g[1]], "byte order": [g[0].astype(">f4"), g[1]],
+           "not an array": [1.0, g[1]]}
+    for what, grads in bad.items():
+        assert _C.like_addresses(p, grads) is None, what
+    ro = [a.copy() for a in p]
+    ro[1].flags.writeable = False
+    assert _C.like_addresses(ro, g) is None
