@@ -85,7 +85,8 @@ def run(rule, params, grads, states, k: Scalars, backend=None):
     if not params:
         return
     first = getattr(params[0], "dtype", None)  # the library's own dtype: cheap to compare
-    if first is not None and all(p.dtype == first for p in params):
+    if first is not None and (all(p.dtype is first for p in params)  # NumPy's are shared
+                              or all(p.dtype == first for p in params)):
         name = _dispatch.resolve(f"optim.{rule}", backend, device=is_device_array(params[0]),
                                  dtype=dtype_of(params[0]))
         _dispatch.module(name).optim_update(rule, params, grads, states, k)
