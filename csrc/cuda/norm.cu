@@ -236,7 +236,7 @@ __global__ void guard_finish_kernel(double* sums, const double* maxes, int na, b
     ctl[kGExp] = exp;
     ctl[kGMaxabs] = mx;
     if (exp != 0) return;
-    norm = norm_sum_is_safe(total) ? sqrt(total) : norm_finish(total, mx, 0);
+    norm = norm_finish(total, mx, 0);  // sqrt(total), NaN or inf
   } else {
     if (ctl[kGExp] == 0.0) return;
     norm = norm_finish(total, ctl[kGMaxabs], int(ctl[kGExp]));

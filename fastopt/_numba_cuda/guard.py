@@ -17,7 +17,9 @@ from numba import cuda
 from .._numba import elements as E
 from .._registry import (G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW, G_SCALE,
                          G_SEQ, G_SKIPPED, NORM_BLOCK, NORM_LANES, OPTIM_KERNEL)
-from ..norm import _EXP_LIMIT, _SAFE_SUM, _TINY
+from .. import norm as norm_host
+from .._reference.optim import guard_outcome
+from ..norm import _SAFE_SUM
 from ._common import SIMULATOR, THREADS, as_numba, blocks, stream_of
 from .norm import _partials
 from .optim import _e_adam, _e_momentum, _e_rmsprop, _e_sgd
@@ -26,9 +28,13 @@ from .optim import _e_adam, _e_momentum, _e_rmsprop, _e_sgd
 _fold = cuda.jit(device=True)(E.fold_pairwise)
 
 
+_rescale_exp = cuda.jit(device=True)(norm_host._rescale_exp)
+_outcome = cuda.jit(device=True)(guard_outcome)
+
+
 @cuda.jit(device=True)
 def _finish(total, maxabs, exp):
-    """fastopt.norm._finish."""
+    """fastopt.norm._finish, with ldexp's inf for the host's OverflowError."""
     if math.isnan(total):
         return math.nan
     if math.isinf(maxabs):
@@ -50,25 +56,19 @@ def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfi
         mx = 0.0
         for b in range(first[na]):
             mx = bmax[b] if bmax[b] > mx else mx
-        exp = 0
-        if not math.isnan(total) and not (_SAFE_SUM <= total < math.inf):
-            if not (math.isinf(mx) or mx == 0) and (math.isinf(total) or mx < _TINY):
-                exp = max(-_EXP_LIMIT, min(_EXP_LIMIT, -math.frexp(mx)[1]))
+        safe = math.isnan(total) or _SAFE_SUM <= total < math.inf  # as fastopt.norm decides
+        exp = 0 if safe else _rescale_exp(total, mx)
         ctl[0, G_EXP] = exp
         ctl[0, G_MAXABS] = mx
         if exp != 0:
             return  # the rescaled pass decides
-        norm = math.sqrt(total) if (math.isnan(total) or _SAFE_SUM <= total < math.inf) \
-            else _finish(total, mx, 0)
+        norm = _finish(total, mx, 0)
     else:
         if ctl[0, G_EXP] == 0:
             return  # decided after the first pass
         norm = _finish(total, ctl[0, G_MAXABS], int(ctl[0, G_EXP]))
     applied = ctl[0, G_APPLIED]
-    skip = skip_nonfinite and not math.isfinite(norm)
-    clipped = (not skip) and math.isfinite(norm) and norm > limit
-    scale = limit / norm if clipped else 1.0
-    row = min(max(applied - t_lo, 0.0), nrows - 1.0)
+    skip, clipped, scale, row = _outcome(applied, norm, nrows, t_lo, limit, skip_nonfinite)
     for c in range(ctl.shape[1]):
         ctl[slot, c] = 0.0
     ctl[slot, G_APPLIED] = applied

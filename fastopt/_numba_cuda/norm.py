@@ -7,6 +7,7 @@ the host (``pairwise_sum``, the same order as norm_fold_pairwise).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,14 +61,10 @@ def _partials(x, scale, scaled, want_max, bsum, bmax, ctl, scale_on_device):
         bmax[blk] = maxs[0]
 
 
-_NO_CTL = []
-
-
+@functools.lru_cache(maxsize=None)
 def _no_ctl():
     """A stand-in control array for passes whose scale comes from the host."""
-    if not _NO_CTL:
-        _NO_CTL.append(cuda.to_device(np.zeros((1, GUARD_WIDTH))))
-    return _NO_CTL[0]
+    return cuda.to_device(np.zeros((1, GUARD_WIDTH)))
 
 
 def norm_partials(arrays, scale, want_max):

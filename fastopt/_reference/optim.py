@@ -71,6 +71,16 @@ def optim_update(rule: str, params, grads, states, k):
         fn(p, grads[i], *(s[i] for s in states), k)
 
 
+def guard_outcome(applied, norm, nrows, t_lo, limit, skip_nonfinite):
+    """(skip, clipped, scale, row) of a guarded step with this norm, after ``applied`` steps:
+    plain scalar float64 code, which the numba-cuda kernel compiles as it stands."""
+    skip = skip_nonfinite and not math.isfinite(norm)
+    clipped = (not skip) and math.isfinite(norm) and norm > limit
+    scale = limit / norm if clipped else 1.0
+    row = min(max(applied - t_lo, 0.0), nrows - 1.0)
+    return skip, clipped, scale, row
+
+
 def guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirror=None):
     """A guarded step's decisions from its unclipped norm, into the control array ``ctl``
     (``_registry.GUARD_*``): skip when the norm is not finite and ``skip_nonfinite``; else clip
@@ -78,10 +88,8 @@ def guard_decide(ctl, norm, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirro
     ``t_lo``; the count goes up unless skipped. Row ``slot`` keeps a copy for the host, with the
     issue number ``seq``; so does the same row of ``mirror`` (host memory), if given, seq last."""
     applied = float(ctl[0, G_APPLIED])
-    skip = bool(skip_nonfinite) and not math.isfinite(norm)
-    clipped = not skip and math.isfinite(norm) and norm > limit
-    scale = limit / norm if clipped else 1.0
-    row = min(max(applied - t_lo, 0.0), float(nrows - 1))
+    skip, clipped, scale, row = guard_outcome(applied, norm, float(nrows), t_lo, limit,
+                                              bool(skip_nonfinite))
     ctl[slot, :] = 0.0
     for c in (0, slot):
         ctl[c, G_NORM], ctl[c, G_SCALE], ctl[c, G_ROW] = norm, scale, row
