@@ -154,6 +154,10 @@ class Optimizer:
         self._step_count = 0
         self._guard = None  # _Guard, once a guarded step ran on device arrays
         self._rows = {}  # step count -> Scalars, for guarded steps
+        # params never change device or dtype: whether they could take guarded steps at all
+        p = self.params
+        self._guardable = bool(p) and is_device_array(p[0]) and \
+            len({str(dtype_of(a)) for a in p}) == 1
         # Params and state never move: remember their byte ranges once, so each step only has
         # to place the gradients among them (bisect) instead of re-sorting everything.
         written = list(self._written())
@@ -265,11 +269,9 @@ class Optimizer:
         """Whether this step can run guarded: device params of one dtype, a fixed (or no)
         clipping threshold, nonfinite "skip"/"ignore", and nothing that needs the norm on the
         host every step (a monitor, an adaptive threshold, a communicator)."""
-        p = self.params
-        return (bool(p) and is_device_array(p[0]) and self.nonfinite != "raise"
+        return (self._guardable and self.nonfinite != "raise"
                 and self.monitor is None and self.comm is None
-                and (self.max_grad_norm is None or isinstance(self.max_grad_norm, float))
-                and all(dtype_of(a) == dtype_of(p[0]) for a in p))
+                and (self.max_grad_norm is None or isinstance(self.max_grad_norm, float)))
 
     def _guarded_step(self, grads, limit) -> StepResult:
         """One device-decided step. The host cannot know whether earlier guarded steps were
