@@ -52,6 +52,17 @@ def assert_close(got, want, dtype):
         np.testing.assert_allclose(a, b, **TOL[np.dtype(dtype)])
 
 
+def assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p, want_s):
+    """Each native (backend, dtype) case of ``dtype`` takes the reference's trajectory."""
+    for backend, dt in cases:
+        if backend == "numpy" or dt != np.dtype(dtype):
+            continue
+        got_p, got_s = trajectory(rule, backend, params, grads, hyper, lr)
+        assert_close(got_p, want_p, dtype)
+        for name in want_s:
+            assert_close(got_s[name], want_s[name], dtype)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("rule", OPTIMIZERS)
 def test_matches_reference(rule, layout):
@@ -65,13 +76,7 @@ def test_matches_reference(rule, layout):
             params, grads = make(layout, dtype)
             want_p, want_s = trajectory(rule, "numpy", params, grads, hyper, lr)
             assert not np.array_equal(want_p[0], params[0])  # the reference did move
-            for backend, dt in cases:
-                if dt != np.dtype(dtype):
-                    continue
-                got_p, got_s = trajectory(rule, backend, params, grads, hyper, lr)
-                assert_close(got_p, want_p, dtype)
-                for name in want_s:
-                    assert_close(got_s[name], want_s[name], dtype)
+            assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p, want_s)
 
 
 def test_registry_lists_every_optimizer_on_every_cpu_backend():
@@ -245,13 +250,8 @@ def test_random_shapes_and_hyperparameters(sizes, rule, lr, wd, b1, b2, dtype, s
     elif rule == "rmsprop":
         hyper.update(rho=b2, momentum=b1)
     want_p, want_s = trajectory(rule, "numpy", params, grads, hyper, lr)
-    for backend, dt in (c.values for c in cpu_cases(f"optim.{rule}") if not c.marks):
-        if backend == "numpy" or dt != np.dtype(dtype):
-            continue
-        got_p, got_s = trajectory(rule, backend, params, grads, hyper, lr)
-        assert_close(got_p, want_p, dtype)
-        for name in want_s:
-            assert_close(got_s[name], want_s[name], dtype)
+    cases = [c.values for c in cpu_cases(f"optim.{rule}") if not c.marks]
+    assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p, want_s)
 
 
 def test_no_temporaries_the_size_of_the_arrays():
