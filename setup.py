@@ -11,7 +11,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from glob import glob
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fvisibility=hidden"]
@@ -36,8 +36,10 @@ def cuda_home(nvcc):
 def extensions():
     try:
         from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
-    except ImportError:  # no pybind11: the pure-Python package still installs
-        return []
+    except ImportError:  # no pybind11: the pure-Python package still installs, and says so
+        cpu = Extension("fastopt._C", [])
+        cpu.missing = "pybind11 is not installed in the build environment"
+        return [cpu]
     ParallelCompile("FASTOPT_BUILD_JOBS", default=0).install()  # 0 = all cores
     cpu = Pybind11Extension(
         "fastopt._C", sorted(glob("csrc/cpu/*.cpp")) + ["csrc/bindings.cpp"],
@@ -59,6 +61,8 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext):
         try:
+            if hasattr(ext, "missing"):
+                raise RuntimeError(ext.missing)
             if hasattr(ext, "cu_sources"):
                 ext.extra_objects = self.compile_cuda(ext)
             super().build_extension(ext)

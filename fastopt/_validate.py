@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -188,7 +189,10 @@ def real(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False) ->
     """A finite real number in the given interval, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except (OverflowError, ValueError, TypeError):  # an int beyond float range, an odd Real
+        raise ValueError(f"{name} must be a finite real number, got {_short(value)}") from None
     bad = not math.isfinite(v)
     if lo is not None:
         bad |= v <= lo if lo_open else v < lo
@@ -201,11 +205,52 @@ def real(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False) ->
     return v
 
 
-def integer(value, name: str, *, lo=None) -> int:
-    """An integer (Python or NumPy) >= lo, as an int."""
+def integer(value, name: str, *, lo=None, hi=None) -> int:
+    """An integer (Python or NumPy) in [lo, hi], as an int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     v = int(value)
     if lo is not None and v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {_short(v)}")
     return v
+
+
+def _short(value) -> str:
+    """A value for an error message: huge integers by their size, not their 1000 digits."""
+    if isinstance(value, numbers.Integral) and abs(int(value)) >= 10**30:
+        return f"an integer of {int(value).bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Exclusive:
+    """Guards a method that mutates shared state (an optimizer's ``step``, its loading): a
+    second entry while one is running, from another thread or re-entered from a hook, raises
+    a RuntimeError instead of interleaving two updates of the same arrays and step count.
+
+    ``with self._exclusive("step()"):``. Copying or pickling the owner makes a fresh guard.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __call__(self, what: str):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"{what} is already running on this object (in another thread, "
+                               "or re-entered from a hook or callback); one object takes one "
+                               "call at a time: use one optimizer per thread, or a lock")
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+        return False
+
+    def __reduce__(self):
+        return (Exclusive, ())
