@@ -20,7 +20,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("data_addresses", [](const py::list& arrays) {
     std::vector<uintptr_t> out;
     out.reserve(arrays.size());
-    for (const auto& a : arrays) out.push_back(uintptr_t(py::cast<py::array>(a).data()));
+    for (const auto& a : arrays) {
+      if (!py::isinstance<py::array>(a)) throw py::type_error("data_addresses takes ndarrays");
+      out.push_back(uintptr_t(py::reinterpret_borrow<py::array>(a).data()));
+    }
     return out;
   }, "Data pointers of a list of ndarrays (fast argument validation).");
   m.def("like_addresses", [](const py::list& ref, const py::list& other) -> py::object {

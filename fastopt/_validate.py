@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _device
 from ._device import DEVICE_DTYPES, is_device_array  # noqa: F401 - re-exported
-from ._registry import BF16, F16, F32, F64
+from ._registry import BF16, F16, F32, F64, OPTIM_STATE, Scalars
 
 FLOAT_DTYPES = (F32, F64)
 
@@ -254,3 +254,66 @@ class Exclusive:
 
     def __reduce__(self):
         return (Exclusive, ())
+
+
+def check_kernel_arrays(lists):
+    """The native-boundary contract of the Python kernels (Numba, the NumPy reference), as
+    csrc/cpu/cpu_common.h's take_arrays states it for C++: whatever the caller passed, a kernel
+    never reads or writes outside an array. ``lists`` is ``[(name, arrays, written), ...]``;
+    every item must be a C-contiguous ndarray of the first array's dtype with as many elements
+    as the matching item of the first list, and writable when written. Python's detailed checks
+    ran before (they give the friendlier messages); this is the last line of defence, so it is
+    cheap (one pass, no per-array call) and it raises."""
+    ref_name, ref, _ = lists[0]
+    if not isinstance(ref, list):
+        raise TypeError(f"{ref_name} must be a list of arrays")
+    if not ref:
+        if any(arrays for _, arrays, _ in lists):
+            raise ValueError(f"{ref_name} is empty but other arrays were passed")
+        return
+    nd = np.ndarray
+    dt = getattr(ref[0], "dtype", None)
+    try:
+        sizes = [a.size for a in ref]
+    except AttributeError:
+        sizes = None
+    for name, arrays, written in lists:
+        if (sizes is not None and isinstance(arrays, list) and len(arrays) == len(ref)
+                and all(type(a) is nd and a.dtype is dt and a.size == n and a.flags.c_contiguous
+                        and (not written or a.flags.writeable)
+                        for a, n in zip(arrays, sizes))):
+            continue
+        _kernel_arrays_error(name, arrays, written, ref_name, ref)
+
+
+def _kernel_arrays_error(name, arrays, written, ref_name, ref):
+    if not isinstance(arrays, list) or len(arrays) != len(ref):
+        raise ValueError(f"{name} must be a list of {len(ref)} arrays, like {ref_name}")
+    dt = getattr(ref[0], "dtype", None)
+    for i, (a, r) in enumerate(zip(arrays, ref)):
+        if type(a) is not np.ndarray or type(r) is not np.ndarray:
+            raise TypeError(f"{name}[{i}] is not an ndarray" if type(a) is not np.ndarray
+                            else f"{ref_name}[{i}] is not an ndarray")
+        if a.dtype != dt:
+            raise TypeError(f"{name}[{i}] has dtype {a.dtype}, not {dt}")
+        if a.size != r.size:
+            raise ValueError(f"{name}[{i}] has {a.size} elements but {ref_name}[{i}] has "
+                             f"{r.size}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}[{i}] is not C-contiguous")
+        if written and not a.flags.writeable:
+            raise ValueError(f"{name}[{i}] is read-only")
+    # only a dtype equal to, but not the same object as, the first one's gets here
+
+
+def check_optim_kernel_args(rule, params, grads, states, k):
+    """``check_kernel_arrays`` for an optimizer kernel call: the rule's number of state lists,
+    each like params, and the host scalars."""
+    if rule not in OPTIM_STATE:
+        raise ValueError(f"unknown optimizer rule {rule!r}")
+    if not isinstance(states, (list, tuple)) or len(states) != len(OPTIM_STATE[rule]):
+        raise ValueError(f"states must hold {len(OPTIM_STATE[rule])} lists for {rule}")
+    if not isinstance(k, Scalars):
+        raise TypeError(f"scalars must be a _registry.Scalars, got {type(k).__name__}")
+    check_kernel_arrays([("params", params, True), ("grads", grads, False)]
+                        + [(f"states[{j}]", s, True) for j, s in enumerate(states)])

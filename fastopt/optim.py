@@ -38,7 +38,7 @@ from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, G
                         GUARD_WINDOW, OPTIM_STATE)
 from . import _dispatch
 from . import _device, _mpi
-from ._validate import (as_list, check_float_arrays, check_like, check_no_overlap,
+from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
                         data_addresses, dtype_of, integer, is_device_array, nbytes, real)
 from .schedules import as_schedule
 
@@ -47,6 +47,9 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 
 _NONFINITE = ("skip", "raise", "ignore")
+#: The largest step count accepted (loaded, set or passed): every count up to it is exact in
+#: float64, in which schedules and bias corrections are computed, and fits int64 with room.
+MAX_STEP = 2**53
 
 try:  # the per-step argument check's fast path; without the extension, Python's checks
     from ._C import like_addresses as _like_addresses
@@ -67,6 +70,14 @@ def _check_max_grad_norm(value):
     if callable(getattr(value, "threshold", None)) and callable(getattr(value, "update", None)):
         return value
     return real(value, "max_grad_norm", lo=0, lo_open=True)
+
+
+def _loaded_array(sd, key) -> np.ndarray:
+    """sd[key] as an array, or a ValueError naming the key (ragged lists, odd objects)."""
+    try:
+        return np.asarray(sd[key])
+    except Exception as e:  # noqa: BLE001 - whatever the mapping or NumPy raised, name the key
+        raise ValueError(f"state dict {key!r} cannot be read as an array: {e}") from None
 
 
 class StepResult:
@@ -135,9 +146,12 @@ class Optimizer:
     def __init__(self, params, lr, *, backend=None, max_grad_norm=None, nonfinite="skip",
                  monitor=None, comm=None, **hyper):
         self.comm = _mpi.check_comm(comm)
-        self.params = as_list(params, "params")
-        check_float_arrays(self.params, "params", writable=True)
-        check_no_overlap({"params": self.params})
+        self._exclusive = Exclusive()
+        # A private list: the kernels take exactly these arrays, whatever is done to the
+        # public tuple (a list that callers could append to would desynchronise the state).
+        self._params = as_list(params, "params")
+        check_float_arrays(self._params, "params", writable=True)
+        check_no_overlap({"params": self._params})
         self.lr = as_schedule(lr)
         self.hyper = F.check_hyper(self.rule, **hyper)
         self.backend = backend
@@ -150,12 +164,12 @@ class Optimizer:
             raise TypeError(f"monitor must be a fastopt.GradNormMonitor or None, got "
                             f"{type(monitor).__name__}")
         self.monitor = monitor
-        self.state = F.init_state(self.rule, self.params)
+        self.state = F.init_state(self.rule, self._params)
         self._step_count = 0
         self._guard = None  # _Guard, once a guarded step ran on device arrays
         self._rows = {}  # step count -> Scalars, for guarded steps
         # params never change device or dtype: whether they could take guarded steps at all
-        p = self.params
+        p = self._params
         self._guardable = bool(p) and is_device_array(p[0]) and \
             len({str(dtype_of(a)) for a in p}) == 1
         # Params and state never move: remember their byte ranges once, so each step only has
@@ -163,12 +177,17 @@ class Optimizer:
         written = list(self._written())
         spans = sorted((s, s + nbytes(a)) for a, s in zip(written, data_addresses(written))
                        if nbytes(a))
-        self._nbytes = np.array([nbytes(p) for p in self.params], np.int64)
+        self._nbytes = np.array([nbytes(p) for p in self._params], np.int64)
         self._starts = np.array([s for s, _ in spans], np.int64)
         self._ends = np.array([e for _, e in spans], np.int64)
 
+    @property
+    def params(self) -> tuple:
+        """The arrays this optimizer updates in place (fixed at construction)."""
+        return tuple(self._params)
+
     def _written(self):
-        yield from self.params
+        yield from self._params
         for arrays in self.state.values():
             yield from arrays
 
@@ -178,10 +197,10 @@ class Optimizer:
     def _check_grads(self, grads) -> list:
         grads = as_list(grads, "grads")
         # the common case in one native pass (C++ extension built, NumPy arrays that match)
-        start = _like_addresses(self.params, grads) if _like_addresses else None
+        start = _like_addresses(self._params, grads) if _like_addresses else None
         if start is None:
-            check_like(self.params, "params", grads, "grads")
-            for i, p in enumerate(self.params):
+            check_like(self._params, "params", grads, "grads")
+            for i, p in enumerate(self._params):
                 if isinstance(p, np.ndarray) and not p.flags.writeable:
                     raise ValueError(f"params[{i}] became read-only")
         if len(self._starts) and grads:
@@ -205,6 +224,11 @@ class Optimizer:
 
     @step_count.setter
     def step_count(self, value):
+        value = integer(value, "step_count", lo=0, hi=MAX_STEP)
+        with self._exclusive("setting step_count"):
+            self._set_step_count(value)
+
+    def _set_step_count(self, value):
         self._settle()
         self._step_count = value
         self._guard = None  # the device copy of the count starts afresh
@@ -214,9 +238,15 @@ class Optimizer:
         return real(self.lr(t), f"lr({t})", lo=0)
 
     def clip_threshold(self) -> float | None:
-        """lambda for the next step: ``max_grad_norm``, the policy's current value, or None."""
+        """lambda for the next step: ``max_grad_norm``, the policy's current value, or None.
+        A policy must answer None or a finite number > 0 (anything else would move the
+        params up the gradient, or zero the update, without a word)."""
         m = self.max_grad_norm
-        return m if m is None or isinstance(m, float) else m.threshold()
+        if m is None or isinstance(m, float):
+            return m
+        t = m.threshold()
+        return None if t is None else real(t, f"max_grad_norm policy {type(m).__name__}"
+                                           ".threshold()", lo=0, lo_open=True)
 
     def step(self, grads) -> StepResult:
         """Apply one update in place with ``grads`` (same structure as params).
@@ -230,14 +260,23 @@ class Optimizer:
 
         On device arrays the step is guarded (see the module docstring): the same decisions
         and bits, taken on the device; the result, and the skip warning, come when read.
+
+        One call at a time: a second ``step`` on the same optimizer while one runs (another
+        thread) raises RuntimeError rather than interleave two updates. Separate optimizers
+        in separate threads are independent.
         """
+        with self._exclusive("step()"):
+            return self._step(grads)
+
+    def _step(self, grads) -> StepResult:
         limit = self.clip_threshold()
         need_norm = limit is not None or self.nonfinite != "ignore" or self.monitor is not None
         if need_norm and self._guarded():
             return self._guarded_step(self._check_grads(grads), limit)
         try:
             grads = self._check_grads(grads)
-            t = self.step_count
+            self._settle()
+            t = self._step_count
             lr = self.lr_at(t)
         except Exception:
             if self.comm is not None and need_norm:
@@ -257,7 +296,7 @@ class Optimizer:
             if limit is not None and math.isfinite(norm) and norm > limit:
                 scale, clipped = limit / norm, True
         k = F.scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
-        F.run(self.rule, self.params, grads, self._states(), k, self.backend)
+        F.run(self.rule, self._params, grads, self._states(), k, self.backend)
         self._step_count = t + 1
         if self._guard is not None:
             self._guard = None  # the host path moved the count on
@@ -279,20 +318,20 @@ class Optimizer:
         (t_lo .. t_lo + unread steps) and the device picks the row of its own count. After
         GUARD_WINDOW unread steps the host reads the device once (a wait) to narrow that."""
         name = _dispatch.resolve(f"optim.{self.rule}", self.backend, device=True,
-                                 dtype=dtype_of(self.params[0]))
+                                 dtype=dtype_of(self._params[0]))
         name = _dispatch.resolve("optim.guarded_step", name, device=True,
-                                 dtype=dtype_of(self.params[0]))
+                                 dtype=dtype_of(self._params[0]))
         g = self._guard
         if g is not None and g.pending:
             self._harvest()  # finished steps narrow the window (and warn) without waiting
             if len(g.pending) + 1 > GUARD_WINDOW:
                 self._settle()  # the device is a whole window behind: waiting costs nothing
         if g is None:
-            g = self._guard = _Guard(self.params[0], self._step_count)
+            g = self._guard = _Guard(self._params[0], self._step_count)
         rows = [self._row(t) for t in range(g.t_lo, g.t_lo + len(g.pending) + 1)]
         slot, seq = 1 + g.issued % GUARD_WINDOW, g.issued + 1
         _dispatch.module(name).guarded_step(
-            self.rule, self.params, grads, self._states(), rows, g.t_lo,
+            self.rule, self._params, grads, self._states(), rows, g.t_lo,
             math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot, seq,
             g.mirror)
         g.issued = seq
@@ -374,18 +413,25 @@ class Optimizer:
     # -- checkpoints: a flat dict of NumPy arrays and scalars, so numpy.savez stores it -------
     def state_dict(self) -> dict:
         """{'optimizer': rule, 'step': t, '<state>.<i>': array}; copies, safe to keep."""
-        sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
-        for name, arrays in self.state.items():
-            for i, a in enumerate(arrays):
-                sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
-        for prefix, obj in self._extras().items():  # 'clip.*' (AutoClip), 'monitor.*'
-            sd.update({f"{prefix}.{k}": v for k, v in obj.state_dict().items()})
-        return sd
+        with self._exclusive("state_dict()"):
+            sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
+            for name, arrays in self.state.items():
+                for i, a in enumerate(arrays):
+                    sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
+            for prefix, obj in self._extras().items():  # 'clip.*' (AutoClip), 'monitor.*'
+                sd.update({f"{prefix}.{k}": v for k, v in obj.state_dict().items()})
+            return sd
 
     def load_state_dict(self, sd) -> None:
-        """Restore ``state_dict()`` output (e.g. from numpy.load); refuses any mismatch whole."""
+        """Restore ``state_dict()`` output (e.g. from numpy.load). Everything is checked
+        before anything changes: a refused dict (TypeError/ValueError naming the key) leaves
+        the optimizer exactly as it was."""
+        with self._exclusive("load_state_dict()"):
+            self._load_state_dict(sd)
+
+    def _load_state_dict(self, sd) -> None:
         self._settle()
-        if not hasattr(sd, "keys"):
+        if not callable(getattr(sd, "keys", None)) or not hasattr(sd, "__getitem__"):
             raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
         extras = self._extras()
         expected = {"optimizer", "step"} | {f"{n}.{i}" for n, arrays in self.state.items()
@@ -393,16 +439,24 @@ class Optimizer:
         expected |= {f"{p}.{k}" for p, obj in extras.items() for k in obj.state_dict()}
         keys = set(sd.keys())
         if keys != expected:
-            missing, extra = sorted(expected - keys), sorted(keys - expected)
+            missing = sorted(expected - keys)
+            extra = sorted(map(repr, keys - expected))
             raise ValueError(f"state dict keys do not match this optimizer: missing {missing}, "
-                             f"unexpected {extra}")
-        rule = str(np.asarray(sd["optimizer"]))
-        if rule != self.rule:
-            raise ValueError(f"state dict is for optimizer {rule!r}, not {self.rule!r}")
-        step = integer(np.asarray(sd["step"]).item(), "state dict 'step'", lo=0)
+                             f"unexpected [{', '.join(extra)}]")
+        vals = {k: _loaded_array(sd, k) for k in sorted(expected)}  # an NpzFile reads lazily
+        rule = vals["optimizer"]
+        if rule.shape != () or rule.dtype.kind not in "US":
+            raise ValueError(f"state dict 'optimizer' must be the rule's name, got {rule!r:.80}")
+        if str(rule) != self.rule:
+            raise ValueError(f"state dict is for optimizer {str(rule)!r}, not {self.rule!r}")
+        step = vals["step"]
+        if step.shape != () or step.dtype.kind not in "iu":
+            raise TypeError(f"state dict 'step' must be a 0-d integer array, got shape "
+                            f"{step.shape} and dtype {step.dtype}")
+        step = integer(step.item(), "state dict 'step'", lo=0, hi=MAX_STEP)
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
-                v = np.asarray(sd[f"{name}.{i}"])
+                v = vals[f"{name}.{i}"]
                 if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
                     raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
                                      f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
@@ -410,7 +464,7 @@ class Optimizer:
         before = {p: obj.state_dict() for p, obj in extras.items()}
         try:
             for p, obj in extras.items():
-                obj.load_state_dict({k[len(p) + 1:]: v for k, v in sd.items()
+                obj.load_state_dict({k[len(p) + 1:]: v for k, v in vals.items()
                                      if k.startswith(p + ".")})
         except Exception:
             for p, obj in extras.items():
@@ -419,14 +473,14 @@ class Optimizer:
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 if is_device_array(a):
-                    _device.copy_from_host(a, np.asarray(sd[f"{name}.{i}"]))
+                    _device.copy_from_host(a, vals[f"{name}.{i}"])
                 else:
-                    np.copyto(a, sd[f"{name}.{i}"])
-        self.step_count = step
+                    np.copyto(a, vals[f"{name}.{i}"])
+        self._set_step_count(step)
 
     def __repr__(self):
         h = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
-        return f"{type(self).__name__}({len(self.params)} arrays, lr={self.lr!r}, {h})"
+        return f"{type(self).__name__}({len(self._params)} arrays, lr={self.lr!r}, {h})"
 
 
 class SGD(Optimizer):

@@ -140,7 +140,7 @@ def test_native_boundary_refuses_copies():
     if fastopt._dispatch.unavailable_reason("cpp"):
         pytest.skip("no C++ extension")
     from fastopt import _C
-    k = [0.1, 0, 1, 0, 0, 0, 0, 0, 0.1, 1, 1]
+    k = list(F.scalars("sgd", lr=0.1, step=0))
     p = np.ones(4, np.float32)
     with pytest.raises(TypeError, match="wrong dtype"):
         _C.optim_update("sgd", [p], [np.ones(4, np.float64)], [], k)

@@ -30,32 +30,73 @@ inline bool cpu_has_avx2() { return false; }
 
 inline const char* simd_level() { return cpu_has_avx2() ? "avx2" : "baseline"; }
 
-// The pointers of a list of arrays, after the checks that guarantee we never touch a copy:
-// the exact dtype, C-contiguous, writable when written. Python validated already; this is the
-// last line of defence at the native boundary, so it raises rather than converts.
+// One argument's list of arrays, taken after the checks that guarantee a kernel never touches
+// a copy or anything outside an array: each item an ndarray of exactly dtype T, C-contiguous,
+// writable when written, and (given `like`) of the same element count as like's item. The
+// arrays are held (owned references) for the call, so another thread cannot free one while the
+// GIL is released. Python validated already; this is the last line of defence at the native
+// boundary, so it raises rather than converts or trusts.
 template <class T>
-std::vector<T*> array_pointers(const py::list& arrays, const char* name, bool writable,
-                               std::vector<int64_t>* sizes = nullptr) {
-  std::vector<T*> out;
-  out.reserve(arrays.size());
+struct Arrays {
+  std::vector<py::array> held;
+  std::vector<T*> ptr;
+  std::vector<int64_t> size;
+  size_t count() const { return ptr.size(); }
+};
+
+inline std::string item_name(const char* name, size_t i) {
+  return std::string(name) + "[" + std::to_string(i) + "]";
+}
+
+template <class T>
+Arrays<T> take_arrays(const py::handle& obj, const char* name, bool writable,
+                      const Arrays<T>* like = nullptr, const char* like_name = nullptr) {
+  if (!py::isinstance<py::list>(obj)) throw py::type_error(std::string(name) + " must be a list");
+  const auto arrays = py::reinterpret_borrow<py::list>(obj);
+  if (arrays.size() >= size_t(INT32_MAX))  // Chunk::array is 32-bit
+    throw py::value_error(std::string(name) + " holds too many arrays");
+  if (like && arrays.size() != like->count())
+    throw py::value_error(std::string(name) + " has " + std::to_string(arrays.size()) +
+                          " arrays but " + like_name + " has " + std::to_string(like->count()));
+  Arrays<T> out;
+  out.held.reserve(arrays.size());
+  out.ptr.reserve(arrays.size());
+  out.size.reserve(arrays.size());
   const auto want = py::dtype::of<T>();
-  size_t i = 0;
-  for (const auto& obj : arrays) {
-    if (!py::isinstance<py::array>(obj))
-      throw py::type_error(std::string(name) + "[" + std::to_string(i) + "] is not an ndarray");
-    auto a = py::reinterpret_borrow<py::array>(obj);
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    py::handle item = arrays[i];
+    if (!py::isinstance<py::array>(item))
+      throw py::type_error(item_name(name, i) + " is not an ndarray");
+    auto a = py::reinterpret_borrow<py::array>(item);
     if (!a.dtype().is(want) && !a.dtype().equal(want))
-      throw py::type_error(std::string(name) + "[" + std::to_string(i) + "] has the wrong dtype");
+      throw py::type_error(item_name(name, i) + " has the wrong dtype");
     if (!(a.flags() & py::array::c_style))
-      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is not C-contiguous");
-    if (writable && !a.writeable())
-      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is read-only");
-    if (sizes) sizes->push_back(a.size());
-    out.push_back(static_cast<T*>(const_cast<void*>(a.data())));
-    ++i;
+      throw py::value_error(item_name(name, i) + " is not C-contiguous");
+    if (writable && !a.writeable()) throw py::value_error(item_name(name, i) + " is read-only");
+    const int64_t n = int64_t(a.size());
+    if (like && n != like->size[i])
+      throw py::value_error(item_name(name, i) + " has " + std::to_string(n) + " elements but " +
+                            item_name(like_name, i) + " has " + std::to_string(like->size[i]));
+    out.ptr.push_back(static_cast<T*>(const_cast<void*>(a.data())));
+    out.size.push_back(n);
+    out.held.push_back(std::move(a));
   }
   return out;
 }
+
+// No array that is written shares a byte with any other array of the call (read-only ones may
+// overlap each other): a kernel with aliased outputs would compute garbage in a race.
+struct Span {
+  uintptr_t begin, end;
+  bool written;
+};
+template <class T>
+void add_spans(std::vector<Span>& spans, const Arrays<T>& a, bool written) {
+  for (size_t i = 0; i < a.count(); ++i)
+    if (a.size[i] > 0)
+      spans.push_back({uintptr_t(a.ptr[i]), uintptr_t(a.ptr[i] + a.size[i]), written});
+}
+void check_disjoint(std::vector<Span>& spans);  // cpu_common.cpp
 
 // Runs body(chunk) over the table; the schedule is dynamic so a busy core does not hold the
 // step back, and small jobs stay on the calling thread.

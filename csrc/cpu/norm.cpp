@@ -217,8 +217,9 @@ std::vector<Task> make_tasks(const std::vector<Chunk>& chunks, bool group) {
 
 template <class T>
 py::tuple partials(const py::list& arrays, double scale, bool want_max, bool baseline) {
-  std::vector<int64_t> sizes;
-  const auto X = array_pointers<T>(arrays, "arrays", false, &sizes);
+  const auto A = take_arrays<T>(arrays, "arrays", false);
+  const auto& X = A.ptr;
+  const auto& sizes = A.size;
   const int64_t na = int64_t(X.size());
   py::array_t<double> sumsq(na), maxabs(na);
   double* out_sum = sumsq.mutable_data();
@@ -285,8 +286,12 @@ void scale_base(T* x, int64_t n, T s) { scale_loop(x, n, s); }
 
 template <class T>
 void scale(const py::list& arrays, double factor) {
-  std::vector<int64_t> sizes;
-  const auto X = array_pointers<T>(arrays, "arrays", true, &sizes);
+  const auto A = take_arrays<T>(arrays, "arrays", true);
+  std::vector<Span> spans;
+  add_spans(spans, A, true);
+  check_disjoint(spans);
+  const auto& X = A.ptr;
+  const auto& sizes = A.size;
   const T s = T(factor);
   auto fn = cpu_has_avx2() ? &scale_avx2<T> : &scale_base<T>;
   int64_t total = 0;
@@ -300,6 +305,7 @@ void scale(const py::list& arrays, double factor) {
 
 bool is_f64(const py::list& arrays) {
   if (arrays.size() == 0) return false;
+  if (!py::isinstance<py::array>(arrays[0])) throw py::type_error("arrays[0] is not an ndarray");
   auto first = py::reinterpret_borrow<py::array>(arrays[0]);
   if (first.dtype().equal(py::dtype::of<double>())) return true;
   if (first.dtype().equal(py::dtype::of<float>())) return false;

@@ -46,27 +46,31 @@ void update_base(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& 
 template <class R, class T>
 void run(const py::list& params, const py::list& grads, const py::list& states,
          const std::vector<double>& scalars) {
-  std::vector<int64_t> sizes;
-  auto P = array_pointers<T>(params, "params", true, &sizes);
-  auto G = array_pointers<T>(grads, "grads", false);
-  if (G.size() != P.size()) throw py::value_error("grads and params differ in length");
-  if (int(states.size()) != R::kStates) throw py::value_error("wrong number of state lists");
-  std::vector<std::vector<T*>> S;
-  for (int s = 0; s < R::kStates; ++s) {
-    S.push_back(array_pointers<T>(states[s].cast<py::list>(), "state", true));
-    if (S.back().size() != P.size()) throw py::value_error("state and params differ in length");
-  }
   if (scalars.size() != kNumOptimScalars) throw py::value_error("wrong number of scalars");
+  if (int(states.size()) != R::kStates)
+    throw py::value_error("states must hold " + std::to_string(R::kStates) + " lists for this rule");
+  const auto P = take_arrays<T>(params, "params", true);
+  const auto G = take_arrays<T>(grads, "grads", false, &P, "params");
+  std::vector<Arrays<T>> S;
+  for (int s = 0; s < R::kStates; ++s)
+    S.push_back(take_arrays<T>(states[s], s == 0 ? "states[0]" : "states[1]", true, &P, "params"));
+  std::vector<Span> spans;
+  add_spans(spans, P, true);
+  add_spans(spans, G, false);
+  for (const auto& st : S) add_spans(spans, st, true);
+  check_disjoint(spans);
   const auto k = OptimCoef<T>::make(scalars.data());
   auto fn = cpu_has_avx2() ? &update_avx2<R, T> : &update_base<R, T>;
   int64_t total = 0;
-  for (auto n : sizes) total += n;
-  const auto chunks = make_chunks(sizes, kCpuChunk);
+  for (auto n : P.size) total += n;
+  const auto chunks = make_chunks(P.size, kCpuChunk);
+  T* const* s0 = R::kStates > 0 ? S[0].ptr.data() : nullptr;
+  T* const* s1 = R::kStates > 1 ? S[1].ptr.data() : nullptr;
   py::gil_scoped_release nogil;
   parallel_chunks(chunks, total, [&](const Chunk& c) {
     const int64_t b = c.begin, a = c.array;
-    fn(P[a] + b, G[a] + b, R::kStates > 0 ? S[0][a] + b : nullptr,
-       R::kStates > 1 ? S[1][a] + b : nullptr, c.end - b, k);
+    fn(P.ptr[a] + b, G.ptr[a] + b, s0 ? s0[a] + b : nullptr, s1 ? s1[a] + b : nullptr,
+       c.end - b, k);
   });
 }
 
@@ -74,6 +78,7 @@ template <class R>
 void run_dtype(const py::list& params, const py::list& grads, const py::list& states,
                const std::vector<double>& scalars) {
   if (params.size() == 0) return;
+  if (!py::isinstance<py::array>(params[0])) throw py::type_error("params[0] is not an ndarray");
   auto first = py::reinterpret_borrow<py::array>(params[0]);
   if (first.dtype().equal(py::dtype::of<float>())) return run<R, float>(params, grads, states, scalars);
   if (first.dtype().equal(py::dtype::of<double>())) return run<R, double>(params, grads, states, scalars);

@@ -30,8 +30,9 @@ FO_TARGET_AVX2 float read_avx2(const float* x, int64_t b, int64_t e) { return re
 float read_base(const float* x, int64_t b, int64_t e) { return read_loop(x, b, e); }
 
 void stream_update(const py::list& arrays, int written) {
-  std::vector<int64_t> sizes;
-  auto A = array_pointers<float>(arrays, "arrays", true, &sizes);
+  const auto arr = take_arrays<float>(arrays, "arrays", true);
+  const auto& A = arr.ptr;
+  const auto& sizes = arr.size;
   if (A.size() < 2 || written < 1 || written >= int(A.size()))
     throw py::value_error("need 1 <= written < len(arrays) and at least 2 arrays");
   for (auto n : sizes)

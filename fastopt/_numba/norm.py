@@ -11,7 +11,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from .._registry import NORM_BLOCK, NORM_LANES
-from .._validate import data_addresses
+from .._validate import check_kernel_arrays, data_addresses
 from . import elements as E
 from .optim import _JIT, SERIAL_BELOW, _pointer, _twins
 
@@ -105,8 +105,10 @@ _partials_parallel, _partials_serial = _twins(_partials)
 _scale_parallel, _scale_serial = _twins(_scale)
 
 
-def _table(arrays):
-    """Data addresses and sizes: the arrays stay alive (and in place) for the caller's call."""
+def _table(arrays, written=False):
+    """Data addresses and sizes: the arrays stay alive (and in place) for the caller's call.
+    The kernels read every array as the first one's dtype, so that is checked first."""
+    check_kernel_arrays([("arrays", arrays, written)])
     addresses = np.array(data_addresses(arrays), np.intp)
     sizes = np.array([a.size for a in arrays], np.int64)
     return addresses, sizes
@@ -122,6 +124,6 @@ def norm_partials(arrays, scale, want_max):
 
 def norm_scale(arrays, factor):
     if arrays:
-        addresses, sizes = _table(arrays)
+        addresses, sizes = _table(arrays, written=True)
         run = _scale_serial if sizes.sum() < SERIAL_BELOW else _scale_parallel
         run(addresses, sizes, arrays[0].reshape(-1)[:0], arrays[0].dtype.type(factor))

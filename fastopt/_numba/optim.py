@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 
 from . import elements as E
 from .._registry import OPTIM_KERNEL
-from .._validate import data_addresses
+from .._validate import check_optim_kernel_args, data_addresses
 
 # error_model="numpy": x/0 gives inf/nan as in the reference (and keeps loops vectorisable).
 _JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -111,6 +111,7 @@ _MULTI = _twins(_multi)
 
 
 def optim_update(rule, params, grads, states, k):
+    check_optim_kernel_args(rule, params, grads, states, k)  # the kernel trusts the table
     if not params:
         return
     T = params[0].dtype.type  # scalars rounded to the storage dtype once, as in C++

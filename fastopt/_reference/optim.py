@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from .._validate import check_optim_kernel_args
 from .._registry import (G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW, G_SCALE,
                          G_SEQ, G_SKIPPED, OPTIM_KERNEL)
 
@@ -66,6 +67,7 @@ _RULES = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rms
 
 def optim_update(rule: str, params, grads, states, k):
     """Apply ``rule`` in place to every (param, grad, state...) triple; ``k`` is a Scalars."""
+    check_optim_kernel_args(rule, params, grads, states, k)  # no silent broadcasting either
     fn = _RULES[OPTIM_KERNEL[rule]]
     for i, p in enumerate(params):
         fn(p, grads[i], *(s[i] for s in states), k)
