@@ -17,6 +17,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastopt CPU kernels (C++/OpenMP); use the public fastopt API instead";
   m.def("simd_level", &fastopt::simd_level, "Instruction set chosen at run time.");
   m.def("num_threads", [] { return omp_get_max_threads(); }, "OpenMP threads a kernel uses.");
+  m.def("set_num_threads", [](int n) {
+    if (n < 1 || n > 4096) throw py::value_error("n must be in [1, 4096]");
+    omp_set_num_threads(n);
+  }, py::arg("n"), "OpenMP threads for kernels called from this thread (tests vary it).");
   m.def("data_addresses", [](const py::list& arrays) {
     std::vector<uintptr_t> out;
     out.reserve(arrays.size());

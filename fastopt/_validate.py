@@ -273,6 +273,8 @@ def check_kernel_arrays(lists):
         return
     nd = np.ndarray
     dt = getattr(ref[0], "dtype", None)
+    if type(ref[0]) is not nd or dt not in FLOAT_DTYPES:
+        raise TypeError(f"{ref_name}[0] must be a float32 or float64 ndarray")
     try:
         sizes = [a.size for a in ref]
     except AttributeError:

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from .._registry import NORM_BLOCK, NORM_LANES
+from .._validate import check_kernel_arrays
 
 
 def pairwise_sum(values) -> float:
@@ -74,6 +75,7 @@ def norm_partials(arrays, scale, want_max):
     only if ``want_max`` (else 0) and ignores NaN (a NaN shows in the sum of squares instead), as
     the native kernels' max instruction does.
     """
+    check_kernel_arrays([("arrays", arrays, False)])  # the contract every backend keeps
     sums, counts = _block_sums(arrays, np.float64(scale))
     sumsq = np.zeros(len(arrays))
     maxabs = np.zeros(len(arrays))
@@ -89,6 +91,7 @@ def norm_partials(arrays, scale, want_max):
 def norm_scale(arrays, factor):
     """x <- s x in place for every array, s = ``factor`` rounded once to the storage dtype
     (as the optimizer kernels apply ``grad_scale``)."""
+    check_kernel_arrays([("arrays", arrays, True)])
     for a in arrays:
         np.multiply(a, a.dtype.type(factor), out=a)
 
