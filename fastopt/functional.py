@@ -31,6 +31,9 @@ from ._validate import (as_list, check_float_arrays, check_matching, check_no_ov
 __all__ = ["update", "init_state", "scalars"]
 
 _ADAM = ("adam", "adamw", "nadam")
+#: The largest step count accepted anywhere (passed, set or loaded): every count up to it is
+#: exact in float64, in which schedules and bias corrections are computed, and fits int64.
+MAX_STEP = 2**53
 
 
 def check_rule(rule) -> str:
@@ -111,7 +114,7 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
     """
     rule = check_rule(rule)
     h = check_hyper(rule, **hyper)
-    step = integer(step, "step", lo=0)
+    step = integer(step, "step", lo=0, hi=MAX_STEP)
     lr = real(lr, "lr", lo=0)
     grad_scale = real(grad_scale, "grad_scale", lo=0)
     params, grads = as_list(params, "params"), as_list(grads, "grads")

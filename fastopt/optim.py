@@ -47,9 +47,7 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 
 _NONFINITE = ("skip", "raise", "ignore")
-#: The largest step count accepted (loaded, set or passed): every count up to it is exact in
-#: float64, in which schedules and bias corrections are computed, and fits int64 with room.
-MAX_STEP = 2**53
+MAX_STEP = F.MAX_STEP
 
 try:  # the per-step argument check's fast path; without the extension, Python's checks
     from ._C import like_addresses as _like_addresses
