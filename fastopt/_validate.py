@@ -17,6 +17,9 @@ from ._device import DEVICE_DTYPES, is_device_array  # noqa: F401 - re-exported
 from ._registry import BF16, F16, F32, F64, OPTIM_STATE, Scalars
 
 FLOAT_DTYPES = (F32, F64)
+#: The largest step count accepted anywhere (passed, set, loaded or asked of a schedule): every
+#: count up to it is exact in float64, in which schedules and bias corrections are computed.
+MAX_STEP = 2**53
 
 
 def dtype_of(a):
@@ -55,6 +58,9 @@ def check_float_arrays(arrays: list, name: str, *, writable: bool, dtypes=FLOAT_
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}[{i}] must be a numpy.ndarray or a device array, got "
                             f"{type(a).__name__}")
+        if isinstance(a, np.ma.MaskedArray):  # the kernels read the data: the mask is lost
+            raise TypeError(f"{name}[{i}] is a masked array; its mask would be ignored "
+                            "(pass numpy.ma.filled(x, 0) or x.data)")
         if a.dtype not in dtypes:
             raise TypeError(f"{name}[{i}] has dtype {a.dtype}; supported: "
                             f"{', '.join(str(d) for d in dtypes)}")
@@ -215,6 +221,11 @@ def integer(value, name: str, *, lo=None, hi=None) -> int:
     if hi is not None and v > hi:
         raise ValueError(f"{name} must be <= {hi}, got {_short(v)}")
     return v
+
+
+def check_step(value, name: str) -> int:
+    """A step count: an integer in [0, MAX_STEP]."""
+    return integer(value, name, lo=0, hi=MAX_STEP)
 
 
 def _short(value) -> str:

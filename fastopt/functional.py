@@ -26,14 +26,12 @@ import numpy as np
 from . import _device, _dispatch
 from ._registry import OPTIM_STATE, OPTIMIZERS, Scalars
 from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, dtype_of,
-                        integer, is_device_array, real, state_dtype)
+                        is_device_array, real, state_dtype, check_step)
 
 __all__ = ["update", "init_state", "scalars"]
 
 _ADAM = ("adam", "adamw", "nadam")
-#: The largest step count accepted anywhere (passed, set or loaded): every count up to it is
-#: exact in float64, in which schedules and bias corrections are computed, and fits int64.
-MAX_STEP = 2**53
+
 
 
 def check_rule(rule) -> str:
@@ -56,9 +54,18 @@ def check_hyper(rule, *, weight_decay=0.0, momentum=0.0, rho=0.9, beta1=0.9, bet
     return h
 
 
-def scalars(rule, *, lr, step, grad_scale=1.0, weight_decay=0.0, momentum=0.0, rho=0.9,
-            beta1=0.9, beta2=0.999, eps=1e-8, torch_compat=False) -> Scalars:
-    """The float64 scalars the kernels take, computed once on the host (SPEC §2)."""
+def scalars(rule, *, lr, step, grad_scale=1.0, **hyper) -> Scalars:
+    """The float64 scalars the kernels take, computed once on the host (SPEC §2), every
+    argument checked as ``update`` checks it, except that ``grad_scale`` may be negative here
+    (a maximizing step: torch's ``maximize=True``)."""
+    rule = check_rule(rule)
+    return _scalars(rule, lr=real(lr, "lr", lo=0), step=check_step(step, "step"),
+                    grad_scale=real(grad_scale, "grad_scale"), **check_hyper(rule, **hyper))
+
+
+def _scalars(rule, *, lr, step, grad_scale=1.0, weight_decay=0.0, momentum=0.0, rho=0.9,
+             beta1=0.9, beta2=0.999, eps=1e-8, torch_compat=False) -> Scalars:
+    """``scalars`` for arguments already checked (the optimizers' per-step path)."""
     wd, decay, alpha, c = weight_decay, 1.0, lr, 1.0
     if rule == "adamw":  # decoupled: theta <- (1 - lr*wd) theta - (adam step)
         wd, decay = 0.0, 1.0 - lr * weight_decay
@@ -114,7 +121,7 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
     """
     rule = check_rule(rule)
     h = check_hyper(rule, **hyper)
-    step = integer(step, "step", lo=0, hi=MAX_STEP)
+    step = check_step(step, "step")
     lr = real(lr, "lr", lo=0)
     grad_scale = real(grad_scale, "grad_scale", lo=0)
     params, grads = as_list(params, "params"), as_list(grads, "grads")
@@ -134,5 +141,5 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
         states.append(s)
     check_no_overlap({"params": params, **{f"state[{n!r}]": s for n, s in zip(names, states)}},
                      {"grads": grads})
-    run(rule, params, grads, states, scalars(rule, lr=lr, step=step, grad_scale=grad_scale, **h),
+    run(rule, params, grads, states, _scalars(rule, lr=lr, step=step, grad_scale=grad_scale, **h),
         backend)

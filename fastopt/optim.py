@@ -39,7 +39,7 @@ from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, G
 from . import _dispatch
 from . import _device, _mpi
 from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
-                        data_addresses, dtype_of, integer, is_device_array, nbytes, real)
+                        check_step, data_addresses, dtype_of, is_device_array, nbytes, real)
 from .schedules import as_schedule
 
 __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
@@ -47,7 +47,6 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 
 _NONFINITE = ("skip", "raise", "ignore")
-MAX_STEP = F.MAX_STEP
 
 try:  # the per-step argument check's fast path; without the extension, Python's checks
     from ._C import like_addresses as _like_addresses
@@ -222,7 +221,7 @@ class Optimizer:
 
     @step_count.setter
     def step_count(self, value):
-        value = integer(value, "step_count", lo=0, hi=MAX_STEP)
+        value = check_step(value, "step_count")
         with self._exclusive("setting step_count"):
             self._set_step_count(value)
 
@@ -293,7 +292,7 @@ class Optimizer:
                 return StepResult(grad_norm=norm, clipped=False, skipped=True, lr=lr)
             if limit is not None and math.isfinite(norm) and norm > limit:
                 scale, clipped = limit / norm, True
-        k = F.scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
+        k = F._scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
         F.run(self.rule, self._params, grads, self._states(), k, self.backend)
         self._step_count = t + 1
         if self._guard is not None:
@@ -343,7 +342,7 @@ class Optimizer:
         if k is None:
             if len(self._rows) > 4 * GUARD_WINDOW:
                 self._rows = {u: v for u, v in self._rows.items() if u >= self._guard.t_lo}
-            k = self._rows[t] = F.scalars(self.rule, lr=self.lr_at(t), step=t, **self.hyper)
+            k = self._rows[t] = F._scalars(self.rule, lr=self.lr_at(t), step=t, **self.hyper)
         return k
 
     def _fill(self, result, d, rows):
@@ -451,7 +450,7 @@ class Optimizer:
         if step.shape != () or step.dtype.kind not in "iu":
             raise TypeError(f"state dict 'step' must be a 0-d integer array, got shape "
                             f"{step.shape} and dtype {step.dtype}")
-        step = integer(step.item(), "state dict 'step'", lo=0, hi=MAX_STEP)
+        step = check_step(step.item(), "state dict 'step'")
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 v = vals[f"{name}.{i}"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ._validate import integer, real
+from ._validate import MAX_STEP, check_step, integer, real
 
 __all__ = ["constant", "linear_warmup", "linear_decay", "cosine_decay", "warmup_then",
            "warmup_cosine"]
@@ -31,6 +31,7 @@ class constant(Schedule):
         self.lr = real(lr, "lr", lo=0)
 
     def __call__(self, t):
+        check_step(t, "t")
         return self.lr
 
 
@@ -43,14 +44,16 @@ class linear_warmup(Schedule):
 
     def __init__(self, lr: float, warmup_steps: int, post_warmup_steps: int = 0):
         self.lr = real(lr, "lr", lo=0)
-        self.warmup_steps = integer(warmup_steps, "warmup_steps", lo=1)
-        self.post_warmup_steps = integer(post_warmup_steps, "post_warmup_steps", lo=0)
+        self.warmup_steps = integer(warmup_steps, "warmup_steps", lo=1, hi=MAX_STEP)
+        self.post_warmup_steps = integer(post_warmup_steps, "post_warmup_steps", lo=0,
+                                         hi=MAX_STEP)
 
     @property
     def total_steps(self) -> int:
         return self.warmup_steps + self.post_warmup_steps
 
     def __call__(self, t):
+        t = check_step(t, "t")
         return self.lr * min(t, self.warmup_steps) / self.warmup_steps
 
 
@@ -59,10 +62,11 @@ class linear_decay(Schedule):
 
     def __init__(self, lr: float, decay_steps: int, end_lr: float = 0.0):
         self.lr = real(lr, "lr", lo=0)
-        self.decay_steps = integer(decay_steps, "decay_steps", lo=1)
+        self.decay_steps = integer(decay_steps, "decay_steps", lo=1, hi=MAX_STEP)
         self.end_lr = real(end_lr, "end_lr", lo=0)
 
     def __call__(self, t):
+        t = check_step(t, "t")
         return self.lr + (self.end_lr - self.lr) * min(t, self.decay_steps) / self.decay_steps
 
 
@@ -71,11 +75,11 @@ class cosine_decay(Schedule):
 
     def __init__(self, lr: float, decay_steps: int, alpha: float = 0.0):
         self.lr = real(lr, "lr", lo=0)
-        self.decay_steps = integer(decay_steps, "decay_steps", lo=1)
+        self.decay_steps = integer(decay_steps, "decay_steps", lo=1, hi=MAX_STEP)
         self.alpha = real(alpha, "alpha", lo=0, hi=1)
 
     def __call__(self, t):
-        frac = min(t, self.decay_steps) / self.decay_steps
+        frac = min(check_step(t, "t"), self.decay_steps) / self.decay_steps
         return self.lr * ((1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * frac)) + self.alpha)
 
 
@@ -86,12 +90,13 @@ class warmup_then(Schedule):
     """
 
     def __init__(self, warmup_steps: int, after):
-        self.warmup_steps = integer(warmup_steps, "warmup_steps", lo=0)
+        self.warmup_steps = integer(warmup_steps, "warmup_steps", lo=0, hi=MAX_STEP)
         if not callable(after):
             raise TypeError(f"after must be a schedule (callable t -> lr), got {type(after).__name__}")
         self.after = after
 
     def __call__(self, t):
+        t = check_step(t, "t")
         if t < self.warmup_steps:
             return self.after(0) * t / self.warmup_steps
         return self.after(t - self.warmup_steps)
@@ -99,7 +104,7 @@ class warmup_then(Schedule):
 
 def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, alpha: float = 0.0) -> warmup_then:
     """Warmup over ``warmup_steps`` joined to a cosine decay over the remaining steps."""
-    warmup_steps = integer(warmup_steps, "warmup_steps", lo=0)
+    warmup_steps = integer(warmup_steps, "warmup_steps", lo=0, hi=MAX_STEP)
     total_steps = integer(total_steps, "total_steps", lo=warmup_steps + 1)
     return warmup_then(warmup_steps, cosine_decay(lr, total_steps - warmup_steps, alpha))
 

@@ -11,7 +11,7 @@ import fastopt
 from fastopt import functional as F
 from fastopt import _dispatch
 from fastopt._registry import OPTIMIZERS
-from fastopt.optim import MAX_STEP
+from fastopt._validate import MAX_STEP
 
 from conftest import snapshot
 
