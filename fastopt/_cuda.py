@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from . import _device
+from ._validate import check_device_optim_args
 
 _NO_SHIFT = np.zeros(0)  # the kernel reads an empty shift as "no shift"
 
@@ -43,6 +44,7 @@ def _where(arrays):
 
 
 def optim_update(rule, params, grads, states, k):
+    check_device_optim_args(rule, params, grads, states, k)  # the kernels take params' sizes
     if not params:
         return
     device, dtype, stream = _where(params)
@@ -53,6 +55,8 @@ def optim_update(rule, params, grads, states, k):
 
 def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
                  mirror=None):
+    for k in rows:  # the kernels take params' sizes for every list
+        check_device_optim_args(rule, params, grads, states, k)
     if not params:
         return
     device, dtype, stream = _where(params)

@@ -330,3 +330,47 @@ def check_optim_kernel_args(rule, params, grads, states, k):
         raise TypeError(f"scalars must be a _registry.Scalars, got {type(k).__name__}")
     check_kernel_arrays([("params", params, True), ("grads", grads, False)]
                         + [(f"states[{j}]", s, True) for j, s in enumerate(states)])
+
+
+def check_device_kernel_arrays(lists):
+    """``check_kernel_arrays`` for the device kernels (cuda, numba-cuda), which take addresses
+    and the first list's element counts: ``lists`` is ``[(name, arrays, is_state), ...]``;
+    every list as long as the first, every array with as many elements as its match there, of
+    the first array's dtype (state: ``state_dtype`` of it, float32 for 16-bit params). Device
+    arrays' contiguity is checked by the validation before (reading it costs microseconds per
+    array on every step; the counts and dtypes here cost a list comparison)."""
+    ref_name, ref, _ = lists[0]
+    if not ref:
+        if any(arrays for _, arrays, _ in lists):
+            raise ValueError(f"{ref_name} is empty but other arrays were passed")
+        return
+    if not all(is_device_array(a) for a in ref):
+        raise TypeError(f"{ref_name} must hold device arrays only")
+    sizes = _device.sizes(ref)
+    dt = dtype_of(ref[0])
+    for name, arrays, is_state in lists:
+        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ref):
+            raise ValueError(f"{name} must be a list of {len(ref)} arrays, like {ref_name}")
+        if not all(is_device_array(a) for a in arrays):
+            raise TypeError(f"{name} must hold device arrays only")
+        got = _device.sizes(arrays)
+        if got != sizes:
+            i = next(i for i, (a, b) in enumerate(zip(got, sizes)) if a != b)
+            raise ValueError(f"{name}[{i}] has {got[i]} elements but {ref_name}[{i}] has "
+                             f"{sizes[i]}")
+        want = state_dtype(dt) if is_state else dt
+        for i, a in enumerate(arrays):
+            if dtype_of(a) != want:
+                raise TypeError(f"{name}[{i}] has dtype {dtype_of(a)}, not {want}")
+
+
+def check_device_optim_args(rule, params, grads, states, k):
+    """``check_optim_kernel_args`` for device arrays."""
+    if rule not in OPTIM_STATE:
+        raise ValueError(f"unknown optimizer rule {rule!r}")
+    if not isinstance(states, (list, tuple)) or len(states) != len(OPTIM_STATE[rule]):
+        raise ValueError(f"states must hold {len(OPTIM_STATE[rule])} lists for {rule}")
+    if k is not None and not isinstance(k, Scalars):
+        raise TypeError(f"scalars must be a _registry.Scalars, got {type(k).__name__}")
+    check_device_kernel_arrays([("params", params, False), ("grads", grads, False)]
+                               + [(f"states[{j}]", s, True) for j, s in enumerate(states)])

@@ -240,3 +240,45 @@ def test_fuzz_norm_kernels(sizes, f64, threads, want_max, backend, seed):
     kernels(backend).norm_scale(x, 0.375)
     kernels("numpy").norm_scale(y, 0.375)
     assert all(np.array_equal(a, b) for a, b in zip(x, y))
+
+
+# -- the device adapters (no GPU needed: the checks run before anything reaches a device) -----
+
+class FakeDeviceArray:
+    """Just enough of __cuda_array_interface__ for fastopt to take it as a device array."""
+
+    def __init__(self, n, typestr="<f4", ptr=0x1000):
+        self.size, self.shape = n, (n,)
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": typestr, "strides": None,
+                                         "data": (ptr, False), "version": 3}
+
+
+def device_cases():
+    f = FakeDeviceArray
+    p = [f(5), f(129)]
+    return {
+        "grad longer": (p, [f(1 << 16), f(129)], [[f(5), f(129)], [f(5), f(129)]], "65536 elements"),
+        "state shorter": (p, [f(5), f(129)], [[f(5), f(128)], [f(5), f(129)]], "128 elements"),
+        "grad missing": (p, [f(5)], [[f(5), f(129)], [f(5), f(129)]], "grads must be a list"),
+        "state list missing": (p, [f(5), f(129)], [[f(5), f(129)]], "states must hold 2"),
+        "float64 grad": (p, [f(5, "<f8"), f(129)], [[f(5), f(129)], [f(5), f(129)]], "dtype"),
+        "host grad": (p, [np.ones(5, np.float32), f(129)], [[f(5), f(129)], [f(5), f(129)]],
+                      "device arrays only"),
+    }
+
+
+@pytest.mark.parametrize("module", ["fastopt._cuda", "fastopt._numba_cuda"])
+@pytest.mark.parametrize("case", list(device_cases()))
+def test_device_adapters_check_counts_sizes_and_dtypes(module, case):
+    import importlib
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        pytest.skip(f"{module}: {e}")
+    p, g, s, pattern = device_cases()[case]
+    k = F.scalars("adam", lr=0.1, step=0)
+    with pytest.raises((TypeError, ValueError), match=pattern):
+        mod.optim_update("adam", p, g, s, k)
+    with pytest.raises((TypeError, ValueError), match=pattern):
+        mod.guarded_step("adam", p, g, s, [k], 0, 1.0, True, FakeDeviceArray(136, "<f8"), 1,
+                         1.0)

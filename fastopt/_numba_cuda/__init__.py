@@ -23,13 +23,18 @@ def unavailable_reason() -> str | None:
 
 
 def optim_update(rule, params, grads, states, k):
+    from .._validate import check_device_optim_args
     from .optim import optim_update as run
+    check_device_optim_args(rule, params, grads, states, k)  # the same contract as cuda's
     run(rule, params, grads, states, k)
 
 
 def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
                  mirror=None):
+    from .._validate import check_device_optim_args
     from .guard import guarded_step as run
+    for k in rows:
+        check_device_optim_args(rule, params, grads, states, k)
     run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq, mirror)
 
 
