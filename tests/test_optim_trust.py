@@ -329,3 +329,18 @@ def test_many_threads_hammering_one_optimizer_never_corrupt_it():
         t.join()
     assert opt.step_count == len(ran) > 0
     assert np.all(p[0] == np.float32(-0.5) * len(ran))
+
+
+def test_copies_and_pickles_continue_independently():
+    import copy
+    import pickle
+
+    p = arrays()
+    opt = fastopt.AdamW(p, fastopt.schedules.warmup_cosine(0.1, 2, 10), max_grad_norm="auto",
+                        monitor=fastopt.GradNormMonitor())
+    opt.step(arrays(1))
+    copies = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
+    for o in [opt] + copies:
+        o.step(arrays(2))
+    assert all(snapshot(o.params) == snapshot(p) for o in copies)
+    assert all(o.params[0] is not p[0] and o.step_count == 2 for o in copies)
