@@ -13,6 +13,52 @@ void bind_halton(py::module_& m);
 
 namespace py = pybind11;
 
+namespace {
+
+// The Numba kernels' boundary, checked here at C++ speed: lists[k] must be like lists[0]
+// (take_arrays: exact dtype, C-contiguous, the same element counts, writable where written).
+// Returns each list's data addresses as an int64 array; the arrays must outlive their use.
+template <class T>
+py::list checked_addresses(const py::list& lists, const std::vector<std::string>& names,
+                           const std::vector<bool>& written) {
+  using namespace fastopt;
+  py::list out;
+  auto emit = [&](const Arrays<T>& a) {
+    py::array_t<int64_t> r(static_cast<py::ssize_t>(a.count()));
+    for (size_t i = 0; i < a.count(); ++i) r.mutable_data()[i] = int64_t(uintptr_t(a.ptr[i]));
+    out.append(std::move(r));
+  };
+  const auto first = take_arrays<T>(lists[0], names[0].c_str(), written[0]);
+  emit(first);
+  for (size_t k = 1; k < lists.size(); ++k)
+    emit(take_arrays<T>(lists[k], names[k].c_str(), written[k], &first, names[0].c_str()));
+  return out;
+}
+
+py::list kernel_addresses(const py::list& lists, const std::vector<std::string>& names,
+                          const std::vector<bool>& written) {
+  if (lists.size() == 0 || names.size() != lists.size() || written.size() != lists.size())
+    throw py::value_error("lists, names and written must have one entry per list");
+  if (!py::isinstance<py::list>(lists[0])) throw py::type_error(names[0] + " must be a list");
+  const auto first = py::reinterpret_borrow<py::list>(lists[0]);
+  if (first.size() == 0) {
+    py::list out;
+    for (size_t k = 0; k < lists.size(); ++k) {
+      if (!py::isinstance<py::list>(lists[k]) || py::len(lists[k]) != 0)
+        throw py::value_error(names[k] + " must be empty like " + names[0]);
+      out.append(py::array_t<int64_t>(0));
+    }
+    return out;
+  }
+  if (!py::isinstance<py::array>(first[0])) throw py::type_error(names[0] + "[0] is not an ndarray");
+  const auto dt = py::reinterpret_borrow<py::array>(first[0]).dtype();
+  if (dt.equal(py::dtype::of<float>())) return checked_addresses<float>(lists, names, written);
+  if (dt.equal(py::dtype::of<double>())) return checked_addresses<double>(lists, names, written);
+  throw py::type_error(names[0] + "[0] must be float32 or float64");
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastopt CPU kernels (C++/OpenMP); use the public fastopt API instead";
   m.def("simd_level", &fastopt::simd_level, "Instruction set chosen at run time.");
@@ -57,6 +103,10 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("ref"), py::arg("other"),
      "other's data addresses if it matches ref array by array (type, dtype, shape, "
      "C-contiguous; ref writable), else None.");
+  m.def("kernel_addresses", &kernel_addresses, py::arg("lists"), py::arg("names"),
+        py::arg("written"),
+        "Checked data addresses for the Numba kernels: every list like the first (dtype, "
+        "element counts, C-contiguous, writable where written), or an error naming the array.");
   fastopt::bind_optim(m);
   fastopt::bind_stream(m);
   fastopt::bind_norm(m);

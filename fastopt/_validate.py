@@ -125,7 +125,10 @@ def check_matching(ref: list, ref_name: str, other: list, name: str, *, state: b
 
 try:  # the extension reads data pointers ~50x faster than __array_interface__ (per array)
     from ._C import data_addresses as _host_addresses
+    from ._C import kernel_addresses as _kernel_addresses
 except ImportError:
+    _kernel_addresses = None
+
     def _host_addresses(arrays):
         return [a.__array_interface__["data"][0] for a in arrays]
 
@@ -299,6 +302,19 @@ def check_kernel_arrays(lists):
         _kernel_arrays_error(name, arrays, written, ref_name, ref)
 
 
+def kernel_addresses(lists) -> list:
+    """``check_kernel_arrays(lists)``, then each list's data addresses (np.intp arrays): the
+    table the Numba kernels work from. With the C++ extension the checks and the addresses come
+    from one native pass over the arrays (take_arrays, the C++ kernels' own contract)."""
+    if _kernel_addresses is not None:
+        names, arrays, written = zip(*lists)
+        if all(type(a) is list for a in arrays):
+            return [a.astype(np.intp, copy=False)
+                    for a in _kernel_addresses(list(arrays), list(names), list(written))]
+    check_kernel_arrays(lists)
+    return [np.array(_host_addresses(a), np.intp) for _, a, _ in lists]
+
+
 def _kernel_arrays_error(name, arrays, written, ref_name, ref):
     if not isinstance(arrays, list) or len(arrays) != len(ref):
         raise ValueError(f"{name} must be a list of {len(ref)} arrays, like {ref_name}")
@@ -319,17 +335,19 @@ def _kernel_arrays_error(name, arrays, written, ref_name, ref):
     # only a dtype equal to, but not the same object as, the first one's gets here
 
 
-def check_optim_kernel_args(rule, params, grads, states, k):
+def check_optim_kernel_args(rule, params, grads, states, k, *, arrays=True):
     """``check_kernel_arrays`` for an optimizer kernel call: the rule's number of state lists,
-    each like params, and the host scalars."""
+    each like params, and the host scalars (``arrays=False``: all but the arrays, which the
+    caller checks with ``kernel_addresses``)."""
     if rule not in OPTIM_STATE:
         raise ValueError(f"unknown optimizer rule {rule!r}")
     if not isinstance(states, (list, tuple)) or len(states) != len(OPTIM_STATE[rule]):
         raise ValueError(f"states must hold {len(OPTIM_STATE[rule])} lists for {rule}")
     if not isinstance(k, Scalars):
         raise TypeError(f"scalars must be a _registry.Scalars, got {type(k).__name__}")
-    check_kernel_arrays([("params", params, True), ("grads", grads, False)]
-                        + [(f"states[{j}]", s, True) for j, s in enumerate(states)])
+    if arrays:
+        check_kernel_arrays([("params", params, True), ("grads", grads, False)]
+                            + [(f"states[{j}]", s, True) for j, s in enumerate(states)])
 
 
 def check_device_kernel_arrays(lists):

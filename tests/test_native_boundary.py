@@ -282,3 +282,19 @@ def test_device_adapters_check_counts_sizes_and_dtypes(module, case):
     with pytest.raises((TypeError, ValueError), match=pattern):
         mod.guarded_step("adam", p, g, s, [k], 0, 1.0, True, FakeDeviceArray(136, "<f8"), 1,
                          1.0)
+
+
+@pytest.mark.skipif(bool(_dispatch.unavailable_reason("numba")), reason="numba is not installed")
+@pytest.mark.parametrize("case", list(OPTIM_CASES), ids=list(OPTIM_CASES))
+def test_numba_boundary_without_the_extension(case, monkeypatch):
+    """On a machine with no compiler the Numba kernels' table is checked in Python instead of
+    by the extension: the same refusals."""
+    from fastopt import _validate
+    monkeypatch.setattr(_validate, "_kernel_addresses", None)
+    test_optim_kernel_refuses_and_writes_nothing("numba", case)
+    p, g, s = adam_args()
+    ref_p, ref_s = [a.copy() for a in p], [[a.copy() for a in x] for x in s]
+    k = F.scalars("adam", lr=0.1, step=0)
+    kernels("numba").optim_update("adam", p, g, s, k)
+    kernels("numpy").optim_update("adam", ref_p, g, ref_s, k)
+    assert snapshot(p) == snapshot(ref_p)

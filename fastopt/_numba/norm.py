@@ -11,7 +11,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from .._registry import NORM_BLOCK, NORM_LANES
-from .._validate import check_kernel_arrays, data_addresses
+from .._validate import kernel_addresses
 from . import elements as E
 from .optim import _JIT, SERIAL_BELOW, _pointer, _twins
 
@@ -108,8 +108,7 @@ _scale_parallel, _scale_serial = _twins(_scale)
 def _table(arrays, written=False):
     """Data addresses and sizes: the arrays stay alive (and in place) for the caller's call.
     The kernels read every array as the first one's dtype, so that is checked first."""
-    check_kernel_arrays([("arrays", arrays, written)])
-    addresses = np.array(data_addresses(arrays), np.intp)
+    addresses, = kernel_addresses([("arrays", arrays, written)])
     sizes = np.array([a.size for a in arrays], np.int64)
     return addresses, sizes
 

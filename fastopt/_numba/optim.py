@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 
 from . import elements as E
 from .._registry import OPTIM_KERNEL
-from .._validate import check_optim_kernel_args, data_addresses
+from .._validate import check_optim_kernel_args, kernel_addresses
 
 # error_model="numpy": x/0 gives inf/nan as in the reference (and keeps loops vectorisable).
 _JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -111,15 +111,16 @@ _MULTI = _twins(_multi)
 
 
 def optim_update(rule, params, grads, states, k):
-    check_optim_kernel_args(rule, params, grads, states, k)  # the kernel trusts the table
+    check_optim_kernel_args(rule, params, grads, states, k, arrays=False)
+    # the kernel trusts the table: it is built only from arrays that passed the contract
+    P, G, *S = kernel_addresses([("params", params, True), ("grads", grads, False)]
+                                + [(f"states[{j}]", s, True) for j, s in enumerate(states)])
     if not params:
         return
     T = params[0].dtype.type  # scalars rounded to the storage dtype once, as in C++
     rule = OPTIM_KERNEL[rule]
-    P = np.array(data_addresses(params), np.intp)
-    G = np.array(data_addresses(grads), np.intp)
-    S0 = np.array(data_addresses(states[0]), np.intp) if states else P
-    S1 = np.array(data_addresses(states[1]), np.intp) if len(states) > 1 else S0
+    S0 = S[0] if S else P
+    S1 = S[1] if len(S) > 1 else S0
     sizes = np.array([p.size for p in params], np.int64)
     run = _MULTI[int(sizes.sum()) < SERIAL_BELOW]
     run(_RULE_ID[rule], P, G, S0, S1, sizes, params[0].reshape(-1)[:0], T(k.lr), T(k.wd),
