@@ -60,12 +60,19 @@ def halton(n, d, *, seed=None, scramble=True, shift=False, start=0, backend=None
         available. ``"cuda"`` or ``"numba-cuda"`` compute on the GPU and return a device array
         (CuPy if installed, else PyTorch, else Numba). Every backend returns the same bits.
     workers : int or None
-        Threads to use (None or -1: all). The result does not depend on it.
+        Threads to use (None or -1: all), at most ``os.cpu_count()``. The result does not
+        depend on it.
 
     Returns
     -------
     numpy.ndarray (or a device array from a GPU backend)
         float64, shape (n, d), values in [0, 1).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, before anything is allocated; also when the output (n*d*8
+        bytes) and the tables would not fit in this machine's physical memory.
     """
     n = integer(n, "n", lo=0)
     d = integer(d, "d", lo=1)
@@ -77,30 +84,80 @@ def halton(n, d, *, seed=None, scramble=True, shift=False, start=0, backend=None
     for value, name in ((scramble, "scramble"), (shift, "shift")):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    scramble, shift = bool(scramble), bool(shift)
     workers = _check_workers(workers)
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
     device = (backend or os.environ.get("FASTOPT_BACKEND")) in DEVICE_BACKENDS
     name = _dispatch.resolve("halton.halton", backend, device=device, dtype=F64)
-    tab = tables(seed, d, bool(scramble), bool(shift))
+    if n:
+        check_memory(n, d, start, scramble)
     out = _device.empty((n, d), F64) if device else np.empty((n, d), dtype=np.float64)
     if n:
-        ndig = tab.ndig if scramble else _index_digits(start + n - 1, tab.bases)
-        _dispatch.module(name).halton(out, start, tab, ndig, workers)
+        tab = tables(seed, d, scramble, shift)
+        if not scramble:
+            tab = tab._replace(**_plain_terms(tab.bases, start, n))
+        _dispatch.module(name).halton(out, start, tab, tab.ndig, workers)
     return out
 
 
+def memory_limit() -> int:
+    """Bytes of physical memory here: no call may need more (it could only fail or swap)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not POSIX: no bound we can know
+        return 2**63
+
+
+def check_memory(n: int, d: int, start: int, scramble: bool) -> None:
+    """Refuses, naming n and d, a call whose output and tables exceed :func:`memory_limit`.
+
+    Tables: scrambled, K_j b_j float64 terms and as many permutation entries per dimension
+    (SciPy stores its permutations too); unscrambled, ndig_j min(b_j, n) terms. Since
+    b_j >= j + 2, an absurd d is refused before the sieve of the primes is run.
+    """
+    limit = memory_limit()
+    out = 8 * n * d
+    need = out + 9 * _sieve_limit(d) + (5 * d * (d + 3) if scramble else 0)
+    if need <= limit:
+        b = primes(d)
+        if scramble:
+            need = out + 10 * int(np.dot(np.ceil(54 / np.log2(b)) - 1, b))
+        else:
+            # 8 bytes per term and 40 more for the index arrays that place them
+            need = out + 48 * int(np.dot(_index_digits(start + n - 1, b), np.minimum(b, n)))
+        if need <= limit:
+            return
+    raise ValueError(f"halton(n={n}, d={d}) needs more than the {limit / 2**30:.3g} GiB of "
+                     f"memory of this machine: n*d*8 = {out / 2**30:.3g} GiB of output plus the "
+                     f"{'permutation' if scramble else 'digit'} tables of d={d} dimensions; ask "
+                     "for fewer rows at a time (start= continues the sequence) or fewer "
+                     "dimensions")
+
+
 class HaltonTables(NamedTuple):
-    """Everything a backend needs besides the row range; read-only, shared through the cache."""
+    """Everything a backend needs besides the row range; read-only, shared through the cache.
+
+    Dimension j's terms are ``ndig[j]`` rows of ``w_j = (offsets[j+1] - offsets[j]) / ndig[j]``
+    entries, row k holding t_k[e] = pi_k[e] * f_k. A full row (w_j = b_j) is indexed by the digit
+    e itself; a narrower one (only unscrambled calls of n < b_j rows have them) holds the digits
+    s_k, s_k + 1, ... (mod b_j) that the call's indices take, s_k being digit k of ``start``,
+    so entry (e - s_k) mod b_j. Every backend follows this layout.
+    """
 
     bases: np.ndarray  #: int64 (d,): the first d primes
-    ndig: np.ndarray  #: int64 (d,): digit positions tabulated per dimension
+    ndig: np.ndarray | None  #: int64 (d,): digit positions tabulated per dimension
     perms: tuple | None  #: per dimension a (K, b) array of permutations; None: unscrambled
-    terms: np.ndarray  #: float64: dimension j's rows t_k[e] = pi_k[e] * f_k, flattened
-    offsets: np.ndarray  #: int64 (d + 1,): where each dimension's terms start
+    terms: np.ndarray | None  #: float64: the rows above, dimension after dimension
+    offsets: np.ndarray | None  #: int64 (d + 1,): where each dimension's terms start
     shift: np.ndarray | None  #: float64 (d,) or None
 
 
 def tables(seed, d: int, scramble: bool, shift: bool) -> HaltonTables:
-    """The tables of one (seed, d, scramble, shift); cached unless fresh entropy is asked for."""
+    """The tables of one (seed, d, scramble, shift); cached unless fresh entropy is asked for.
+
+    Unscrambled tables have no terms here: they depend on the rows asked for (_plain_terms).
+    """
     if not scramble and not shift:
         return _cached(0, d, False, False)  # nothing random: the seed does not matter
     if seed is None:
@@ -125,26 +182,46 @@ def _build(rng: np.random.Generator, d: int, scramble: bool, shift: bool) -> Hal
     bases = primes(d)
     perms = _permutations(rng, bases) if scramble else None
     u = rng.random(d) if shift else None  # after the permutations, from the same generator
-    rows = []
-    for j, b in enumerate(bases):
-        b = int(b)
-        if scramble:
-            digits = perms[j]
-        else:  # identity permutations over every digit a 64-bit index can have
-            digits = np.tile(np.arange(b), (_index_digits(2**64 - 1, [b])[0], 1))
-        t = np.empty(digits.shape)
-        f = 1.0 / b
-        for k in range(len(digits)):
-            t[k] = digits[k] * f  # the spec's product pi_k[e] * f_k, once per table entry
-            f /= b
-        rows.append(t)
+    if perms is None:
+        return HaltonTables(bases, None, None, None, None, None if u is None else _frozen(u))
+    ndig = np.array([len(p) for p in perms], dtype=np.int64)
     offsets = np.zeros(d + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([t.size for t in rows])
-    terms = np.concatenate([t.ravel() for t in rows])
-    ndig = np.array([len(t) for t in rows], dtype=np.int64)
-    return HaltonTables(_frozen(bases), _frozen(ndig),
-                        None if perms is None else tuple(_frozen(p) for p in perms),
-                        _frozen(terms), _frozen(offsets), None if u is None else _frozen(u))
+    np.cumsum(ndig * bases, out=offsets[1:])
+    terms = np.empty(offsets[-1])  # filled in place: no second copy at any time
+    for j, b in enumerate(bases):
+        t = terms[offsets[j]:offsets[j + 1]].reshape(perms[j].shape)
+        f = 1.0 / int(b)
+        for k in range(len(t)):
+            t[k] = perms[j][k]  # exact: digits are below 2**32
+            t[k] *= f  # the spec's product pi_k[e] * f_k
+            f /= int(b)
+    return HaltonTables(bases, _frozen(ndig), tuple(_frozen(p) for p in perms), _frozen(terms),
+                        _frozen(offsets), None if u is None else _frozen(u))
+
+
+def _plain_terms(bases: np.ndarray, start: int, n: int) -> dict:
+    """The unscrambled terms e * f_k of the rows start .. start + n - 1, no more: the digits
+    the last index has, and per digit position w = min(b, n) entries, from start's digit on
+    when w < b (the layout of HaltonTables). Memory: sum_j ndig_j min(b_j, n) doubles."""
+    ndig = _index_digits(start + n - 1, bases)
+    w = np.minimum(bases, n)
+    offsets = np.zeros(len(bases) + 1, dtype=np.int64)
+    np.cumsum(ndig * w, out=offsets[1:])
+    terms = np.empty(offsets[-1])
+    q = np.full(len(bases), start, dtype=np.uint64)  # start // b^k: its digit k is the origin
+    b = bases.astype(np.uint64)
+    f = 1.0 / bases
+    for k in range(int(ndig.max(initial=0))):
+        live = np.flatnonzero(ndig > k)  # dimensions with a digit k
+        wl = w[live]
+        origin = np.where(wl < bases[live], (q[live] % b[live]).astype(np.int64), 0)
+        first = np.repeat(np.cumsum(wl) - wl, wl)
+        e = np.arange(first.size) - first  # 0 .. w - 1 within each dimension
+        digit = (np.repeat(origin, wl) + e) % np.repeat(bases[live], wl)
+        terms[np.repeat(offsets[live] + k * wl, wl) + e] = digit * np.repeat(f[live], wl)
+        q //= b
+        f = f / bases
+    return dict(ndig=_frozen(ndig), terms=_frozen(terms), offsets=_frozen(offsets))
 
 
 def _permutations(rng: np.random.Generator, bases) -> list[np.ndarray]:
@@ -163,9 +240,14 @@ def _permutations(rng: np.random.Generator, bases) -> list[np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
+def _sieve_limit(d: int) -> int:
+    """Rosser's bound p_d < d (ln d + ln ln d) on the d-th prime (d >= 6)."""
+    return 16 if d < 6 else int(d * (math.log(d) + math.log(math.log(d)))) + 1
+
+
 def primes(d: int) -> np.ndarray:
-    """The first d primes (int64), by a sieve sized with Rosser's bound p_d < d (ln d + ln ln d)."""
-    limit = 16 if d < 6 else int(d * (math.log(d) + math.log(math.log(d)))) + 1
+    """The first d primes (int64), by a sieve up to Rosser's bound."""
+    limit = _sieve_limit(d)
     sieve = np.ones(limit + 1, dtype=bool)
     sieve[:2] = False
     for p in range(2, math.isqrt(limit) + 1):
@@ -200,8 +282,14 @@ def _check_seed(seed):
     return int(seed)
 
 
+def max_workers() -> int:
+    """The most threads a call may ask for: the CPUs of this machine. More cannot speed up a
+    compute-bound kernel, and thousands of threads can exhaust what the process may create."""
+    return os.cpu_count() or 1
+
+
 def _check_workers(workers) -> int:
     if workers is None or (not isinstance(workers, bool) and isinstance(workers, numbers.Integral)
                            and workers == -1):
         return 0  # all threads
-    return integer(workers, "workers", lo=1)
+    return integer(workers, "workers", lo=1, hi=max_workers())

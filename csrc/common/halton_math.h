@@ -50,14 +50,43 @@ FO_HD FO_INLINE uint64_t div_by(const DivBy& d, uint64_t q) {
   return (((q - t) >> 1) + t) >> d.shift;
 }
 
+// The table layout (fastopt/halton.py's HaltonTables): dimension j has ndig rows of w entries,
+// offsets[j] + k * w + slot. A full row (w == b) is indexed by the digit itself; a narrower
+// one holds the digits s, s + 1, ... (mod b) from s = digit k of the call's start index, which
+// covers every digit k of the indices start .. start + n - 1 when w >= n.
+FO_HD FO_INLINE uint64_t halton_slot(uint64_t digit, uint64_t origin, uint32_t b) {
+  return digit >= origin ? digit - origin : digit + b - origin;
+}
+
+// Checks one dimension's entry against the others and the call's n; returns nullptr and sets
+// *w, or says what is wrong. Whatever the caller passes, a kernel that accepted it stays
+// inside the terms: every row is within [offsets[j], offsets[j+1]) and each slot below w.
+inline const char* halton_check_dim(int64_t b, int64_t ndig, int64_t begin, int64_t end,
+                                    int64_t nterms, int64_t n, int64_t* w) {
+  if (b < 2 || b >= (int64_t(1) << 32)) return "bases must be in [2, 2**32)";
+  if (ndig < 0 || ndig > 64) return "ndig must be in [0, 64]";
+  if (begin < 0 || end < begin || end > nterms) return "offsets must rise within terms";
+  *w = ndig ? (end - begin) / ndig : 0;
+  if (ndig && (*w * ndig != end - begin || *w > b || *w < (n < b ? n : b)))
+    return "ndig, offsets and terms disagree (rows of min(b, n) to b entries each)";
+  return nullptr;
+}
+
 // Continues the fold of one point over digit positions k0..k1-1 of q (q already divided by
-// b^k0): x += t_k[q mod b]; q = q div b.
-FO_HD FO_INLINE double halton_fold(double x, const double* terms, const DivBy& base, uint64_t q,
-                                   int k0, int k1) {
+// b^k0): x += t_k[slot of q mod b]; q = q div b. qs is start divided likewise (its digits are
+// the origins of narrow rows, w < b).
+FO_HD FO_INLINE double halton_fold(double x, const double* terms, const DivBy& base, int64_t w,
+                                   uint64_t q, uint64_t qs, int k0, int k1) {
   const uint32_t b = base.v;
   for (int k = k0; k < k1; ++k) {
     const uint64_t h = div_by(base, q);
-    x += terms[int64_t(k) * b + int64_t(q - h * b)];
+    uint64_t e = q - h * b;
+    if (w < int64_t(b)) {
+      const uint64_t hs = div_by(base, qs);
+      e = halton_slot(e, qs - hs * b, b);
+      qs = hs;
+    }
+    x += terms[int64_t(k) * w + int64_t(e)];
     q = h;
   }
   return x;

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/halton_math.h"
+
 namespace fastopt {
 
 struct HaltonHostTables {
@@ -22,6 +24,8 @@ const T* checked_table(const pybind11::array& a, const char* name, int64_t size)
     throw py::type_error(std::string(name) + " has the wrong dtype");
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " is not C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + " is not aligned");
   if (size >= 0 && a.size() != size)
     throw py::value_error(std::string(name) + " has the wrong length");
   return static_cast<const T*>(a.data());
@@ -40,8 +44,13 @@ inline HaltonHostTables halton_tables(const pybind11::array& bases, const pybind
                      checked_table<double>(shift, "shift", has_shift ? d : 0),
                      int64_t(terms.size())};
   if (!has_shift) t.shift = nullptr;
+  if (n < 0 || d < 0) throw pybind11::value_error("n and d must be >= 0");
   if (n > 1 && uint64_t(n - 1) > ~uint64_t(0) - start)
     throw pybind11::value_error("start + n exceeds 2**64");
+  for (int64_t j = 0, w; j < d; ++j)
+    if (const char* why = halton_check_dim(t.bases[j], t.ndig[j], t.offsets[j], t.offsets[j + 1],
+                                           t.nterms, n, &w))
+      throw pybind11::value_error(std::string(why) + " (dimension " + std::to_string(j) + ")");
   return t;
 }
 

@@ -23,11 +23,14 @@ constexpr int kMaxDigits = 64;       // digits of a 64-bit index in base 2
 constexpr uint64_t kMaxPrefix = 4096;  // entries of a prefix table (fits in L1/L2 beside the rows)
 
 struct HaltonDim {
-  const double* terms;   // ndig rows of b terms
+  const double* terms;   // ndig rows of w terms
   const double* prefix;  // L = b^m partial folds over the m low digits
   DivBy base, low;       // division by b and by L
   uint64_t L;
+  int64_t w;             // entries per row: b, or fewer (narrow rows start at start's digits)
+  uint64_t start_lo, start_hi;  // start mod L and start div L: narrow rows' origins
   int ndig, m;
+  bool narrow;
   double u;  // the shift (unused without one)
 };
 
@@ -82,13 +85,21 @@ FO_INLINE void column(double* __restrict col, const HaltonDim& D, uint64_t i, in
     const uint64_t hi = div_by(D.low, i);
     const uint64_t lo = i - hi * D.L;
     const int64_t len = std::min<int64_t>(int64_t(D.L - lo), count - r);
-    uint64_t q = hi;
+    uint64_t q = hi, qs = D.start_hi;
     for (int t = 0; t < nc; ++t) {  // the run's high digits -> its constants
       const uint64_t h = div_by(D.base, q);
-      c[t] = D.terms[int64_t(D.m + t) * b + int64_t(q - h * b)];
+      uint64_t e = q - h * b;
+      if (D.narrow) {
+        const uint64_t hs = div_by(D.base, qs);
+        e = halton_slot(e, qs - hs * b, b);
+        qs = hs;
+      }
+      c[t] = D.terms[int64_t(D.m + t) * D.w + int64_t(e)];
       q = h;
     }
-    run_points<Shift, V>(col + r, D.prefix + lo, len, c, nc, D.u);
+    // a narrow row 0 (then m = 1, L = b) is the prefix table, from start's low digit on
+    const uint64_t at = D.narrow ? halton_slot(lo, D.start_lo, b) : lo;
+    run_points<Shift, V>(col + r, D.prefix + at, len, c, nc, D.u);
     r += len;
     i += uint64_t(len);
   }
@@ -142,13 +153,20 @@ void build_prefix(double* S, const double* terms, uint32_t b, int m) {
   }
 }
 
+// Most threads a call may start: a thread per processor, or this many where there are fewer.
+constexpr int kMaxWorkers = 256;
+
 void halton(py::array out, uint64_t start, const py::array& bases, const py::array& ndig,
             const py::array& terms, const py::array& offsets, const py::array& shift,
             int workers) {
   if (!out.dtype().equal(py::dtype::of<double>())) throw py::type_error("out must be float64");
   if (out.ndim() != 2) throw py::value_error("out must be 2-D (n, d)");
   if (!(out.flags() & py::array::c_style)) throw py::value_error("out is not C-contiguous");
+  if (!(out.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error("out is not aligned");
   if (!out.writeable()) throw py::value_error("out is read-only");
+  if (workers > std::max(kMaxWorkers, omp_get_num_procs()))
+    throw py::value_error("workers exceeds the processors of this machine");
   const int64_t n = out.shape(0), d = out.shape(1);
   const HaltonHostTables tab = halton_tables(bases, ndig, terms, offsets, shift, n, d, start);
   const int64_t *B = tab.bases, *K = tab.ndig, *O = tab.offsets;
@@ -156,22 +174,32 @@ void halton(py::array out, uint64_t start, const py::array& bases, const py::arr
   const bool has_shift = U != nullptr;
   double* X = static_cast<double*>(out.mutable_data());
   if (n == 0 || d == 0) return;
+  // out is written while the tables are read: they must not share a byte
+  const uintptr_t x0 = uintptr_t(X), x1 = x0 + uintptr_t(out.nbytes());
+  for (const py::array* a : {&bases, &ndig, &terms, &offsets, &shift}) {
+    const uintptr_t a0 = uintptr_t(a->data()), a1 = a0 + uintptr_t(a->nbytes());
+    if (a->nbytes() > 0 && a0 < x1 && x0 < a1)
+      throw py::value_error("out overlaps a table it is computed from");
+  }
 
   std::vector<HaltonDim> dims(d);
   std::vector<int64_t> pre_at(d + 1, 0);
   static const double zero = 0.0;
   for (int64_t j = 0; j < d; ++j) {
     const int64_t b = B[j], k = K[j];
-    if (b < 2 || b >= (int64_t(1) << 32)) throw py::value_error("bases must be in [2, 2**32)");
-    if (k < 0 || k > kMaxDigits || O[j] < 0 || O[j + 1] > terms.size() || O[j] + k * b > O[j + 1])
-      throw py::value_error("ndig, offsets and terms disagree");
+    int64_t w = 0;
+    if (const char* why = halton_check_dim(b, k, O[j], O[j + 1], tab.nterms, n, &w))
+      throw py::value_error(why);
     HaltonDim& D = dims[j];
     D.terms = T + O[j];
     D.base = make_divby(uint32_t(b));
     D.ndig = int(k);
+    D.w = w;
+    D.narrow = k > 0 && w < b;
     D.u = has_shift ? U[j] : 0.0;
     // The most low digits whose table is no longer than the call (a 1-row call builds nothing)
-    // and no longer than kMaxPrefix; one digit always, as that table is t_0 itself.
+    // and no longer than kMaxPrefix; one digit always, as that table is t_0 itself. Narrow rows
+    // mean n < b, hence m = 1 exactly; wider tables (m >= 2, n >= b^2) read full rows only.
     const uint64_t cap = std::max<uint64_t>(uint64_t(b), std::min<uint64_t>(kMaxPrefix, n));
     int m = 0;
     uint64_t L = 1;
@@ -179,6 +207,8 @@ void halton(py::array out, uint64_t start, const py::array& bases, const py::arr
     D.m = m;
     D.L = L;
     D.low = make_divby(uint32_t(L));
+    D.start_hi = div_by(D.low, start);
+    D.start_lo = start - D.start_hi * L;
     pre_at[j + 1] = pre_at[j] + (m >= 2 ? int64_t(L) : 0);
   }
   std::vector<double> prefix(pre_at[d]);

@@ -53,14 +53,17 @@ struct Dim {
   DivBy div;        // 64-bit division by the base
   Div32 div32;      // 32-bit division, valid when use32
   int64_t terms;    // offset of this dimension's terms
+  int64_t w;        // entries per row (b, or fewer: narrow rows, see halton_slot)
   int32_t ndig;
-  int32_t use32;
+  int32_t use32;    // full rows whose offsets fit in 32 bits
   double u;         // the shift
 };
 
 // The spec's fold over digit positions 0..ndig-1 of index i: halton_fold while the quotient
-// needs 64 bits, then the same additions with 32-bit division.
-__device__ FO_INLINE double fold(const double* __restrict__ t, const Dim& D, uint64_t q) {
+// needs 64 bits, then the same additions with 32-bit division. Narrow rows (calls of fewer
+// rows than the base) take halton_fold with start's digits as the origins.
+__device__ FO_INLINE double fold(const double* __restrict__ t, const Dim& D, uint64_t q,
+                                 uint64_t start) {
   const uint32_t b = D.div.v;
   int k = 0;
   double x = 0.0;
@@ -78,7 +81,7 @@ __device__ FO_INLINE double fold(const double* __restrict__ t, const Dim& D, uin
     }
     return x;
   }
-  return halton_fold(x, t, D.div, q, 0, D.ndig);
+  return halton_fold(x, t, D.div, D.w, q, start, 0, D.ndig);
 }
 
 struct HaltonArgs {
@@ -113,7 +116,7 @@ __global__ void __launch_bounds__(kRows) halton_kernel(const HaltonArgs a) {
       if (int(threadIdx.x) < rows)
         for (int g = 0; g < gn; ++g) {
           const Dim& D = a.dims[j0 + g];
-          double x = fold(T + D.terms, D, i);
+          double x = fold(T + D.terms, D, i, a.start);
           if (Shift) x = halton_shift(x, D.u);
           tile[threadIdx.x * kPitch + g] = x;
         }
@@ -137,16 +140,17 @@ void halton(int device, uintptr_t out, int64_t n, int64_t d, uint64_t start, con
             const double* shift, uintptr_t stream) {
   if (n <= 0 || d <= 0) return;
   std::vector<Dim> dims(d);
+  if (n > 1 && uint64_t(n - 1) > ~uint64_t(0) - start)
+    throw std::invalid_argument("start + n exceeds 2**64");
   for (int64_t j = 0; j < d; ++j) {
     const int64_t b = bases[j], k = ndig[j];
-    if (b < 2 || b >= (int64_t(1) << 32))
-      throw std::invalid_argument("bases must be in [2, 2**32)");
-    if (k < 0 || k > 64 || offsets[j] < 0 || offsets[j + 1] > nterms ||
-        offsets[j] + k * b > offsets[j + 1])
-      throw std::invalid_argument("ndig, offsets and terms disagree");
+    int64_t w = 0;
+    if (const char* why = halton_check_dim(b, k, offsets[j], offsets[j + 1], nterms, n, &w))
+      throw std::invalid_argument(why);
     Dim& D = dims[j];
     D.div = make_divby(uint32_t(b));
-    D.use32 = b < (int64_t(1) << 31) && k * b < (int64_t(1) << 31);
+    D.w = w;
+    D.use32 = w == b && b < (int64_t(1) << 31) && k * b < (int64_t(1) << 31);
     D.div32 = D.use32 ? make_div32(uint32_t(b)) : Div32{0, 0};
     D.terms = offsets[j];
     D.ndig = int32_t(k);

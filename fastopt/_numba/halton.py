@@ -10,6 +10,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .._reference.halton import check_host_out, check_tables
+
 _JIT = dict(cache=True, fastmath=False, nogil=True)
 MAX_PREFIX = 4096  # entries of a prefix table, as in C++
 ROWS = 512  # rows per block: the unit of work of a thread
@@ -32,7 +34,7 @@ def _build_prefix(S, terms, b, m):
 @njit(**_JIT)
 def _plan(bases, ndig, n):
     """Per dimension the low digits m of the prefix table and L = b^m (as in C++), and where
-    each table starts in one flat array."""
+    each table starts in one flat array (m <= 1 needs none: row 0 of the terms is its table)."""
     d = bases.size
     ms = np.zeros(d, dtype=np.int64)
     Ls = np.ones(d, dtype=np.int64)
@@ -43,36 +45,60 @@ def _plan(bases, ndig, n):
         while ms[j] < ndig[j] and Ls[j] * b <= cap:
             Ls[j] *= b
             ms[j] += 1
-        pre_at[j + 1] = pre_at[j] + Ls[j]
+        pre_at[j + 1] = pre_at[j] + (Ls[j] if ms[j] >= 2 else 0)
     return ms, Ls, pre_at
 
 
 @njit(**_JIT)
-def _block(out, r0, r1, start, bases, ndig, ms, Ls, terms, offsets, prefix, pre_at, shift,
+def _slot(e, s, b):
+    # row entry of digit e in a row that starts at digit s (halton_math.h's halton_slot)
+    return e - s if e >= s else e + b - s
+
+
+@njit(**_JIT)
+def _block(out, r0, r1, start, bases, ndig, ws, ms, Ls, terms, offsets, prefix, pre_at, shift,
            has_shift, c, v):
     """Rows r0..r1-1, every dimension; c and v are this thread's scratch."""
     d = out.shape[1]
     for j in range(d):
         b = np.uint64(bases[j])
         L = np.uint64(Ls[j])
+        w = ws[j]
+        narrow = ndig[j] > 0 and w < bases[j]  # then m = 1 and L = b, as n < b
         m = ms[j]
         nc = ndig[j] - m
         t0 = offsets[j]
         p0 = pre_at[j]
         u = shift[j] if has_shift else 0.0
+        start_hi = start // L
+        start_lo = start - start_hi * L
         r = r0
         i = start + np.uint64(r0)
         while r < r1:
             hi = i // L
-            lo = np.int64(i - hi * L)
-            ln = min(np.int64(L) - lo, r1 - r)
+            lo = i - hi * L
+            ln = min(np.int64(L - lo), r1 - r)
             q = hi
+            qs = start_hi
             for t in range(nc):  # the run's high digits -> its constants
                 h = q // b
-                c[t] = terms[t0 + (m + t) * np.int64(b) + np.int64(q - h * b)]
+                e = q - h * b
+                if narrow:
+                    hs = qs // b
+                    e = _slot(e, qs - hs * b, b)
+                    qs = hs
+                c[t] = terms[t0 + (m + t) * w + np.int64(e)]
                 q = h
-            for p in range(ln):
-                v[p] = prefix[p0 + lo + p]
+            if m >= 2:
+                for p in range(ln):
+                    v[p] = prefix[p0 + np.int64(lo) + p]
+            elif m == 1:  # row 0 of the terms is the table (0.0 + t is t: terms are >= 0)
+                at = t0 + np.int64(_slot(lo, start_lo, b) if narrow else lo)
+                for p in range(ln):
+                    v[p] = terms[at + p]
+            else:
+                for p in range(ln):
+                    v[p] = 0.0
             for t in range(nc):
                 ct = c[t]
                 for p in range(ln):
@@ -88,43 +114,52 @@ def _block(out, r0, r1, start, bases, ndig, ms, Ls, terms, offsets, prefix, pre_
 
 
 @njit(parallel=True, **_JIT)
-def _run_parallel(out, start, bases, ndig, ms, Ls, terms, offsets, prefix, pre_at, shift,
+def _run_parallel(out, start, bases, ndig, ws, ms, Ls, terms, offsets, prefix, pre_at, shift,
                   has_shift):
     n = out.shape[0]
     for j in prange(bases.size):
-        _build_prefix(prefix[pre_at[j]:pre_at[j + 1]], terms[offsets[j]:], bases[j], ms[j])
+        if ms[j] >= 2:
+            _build_prefix(prefix[pre_at[j]:pre_at[j + 1]], terms[offsets[j]:], bases[j], ms[j])
     blocks = (n + ROWS - 1) // ROWS
     for blk in prange(blocks):
         r0 = blk * ROWS
-        _block(out, r0, min(n, r0 + ROWS), start, bases, ndig, ms, Ls, terms, offsets, prefix,
-               pre_at, shift, has_shift, np.empty(64), np.empty(ROWS))
+        _block(out, r0, min(n, r0 + ROWS), start, bases, ndig, ws, ms, Ls, terms, offsets,
+               prefix, pre_at, shift, has_shift, np.empty(64), np.empty(ROWS))
 
 
 @njit(**_JIT)
-def _run_serial(out, start, bases, ndig, ms, Ls, terms, offsets, prefix, pre_at, shift,
+def _run_serial(out, start, bases, ndig, ws, ms, Ls, terms, offsets, prefix, pre_at, shift,
                 has_shift):
     n = out.shape[0]
     for j in range(bases.size):
-        _build_prefix(prefix[pre_at[j]:pre_at[j + 1]], terms[offsets[j]:], bases[j], ms[j])
+        if ms[j] >= 2:
+            _build_prefix(prefix[pre_at[j]:pre_at[j + 1]], terms[offsets[j]:], bases[j], ms[j])
     c, v = np.empty(64), np.empty(min(n, ROWS))
     for r0 in range(0, n, ROWS):
-        _block(out, r0, min(n, r0 + ROWS), start, bases, ndig, ms, Ls, terms, offsets, prefix,
-               pre_at, shift, has_shift, c, v)
+        _block(out, r0, min(n, r0 + ROWS), start, bases, ndig, ws, ms, Ls, terms, offsets,
+               prefix, pre_at, shift, has_shift, c, v)
 
 
 def halton(out, start, tab, ndig, workers):
+    check_host_out(out)
+    ws = check_tables(out.shape, start, tab, ndig)
     n, d = out.shape
-    ndig = np.asarray(ndig, dtype=np.int64)
+    if n == 0 or d == 0:
+        return
     ms, Ls, pre_at = _plan(tab.bases, ndig, n)
     prefix = np.empty(pre_at[-1])
     has_shift = tab.shift is not None
-    args = (out, np.uint64(start), tab.bases, ndig, ms, Ls, tab.terms, tab.offsets, prefix,
+    args = (out, np.uint64(start), tab.bases, ndig, ws, ms, Ls, tab.terms, tab.offsets, prefix,
             pre_at, tab.shift if has_shift else np.zeros(d), has_shift)
     if n * d < SERIAL_BELOW or workers == 1 or n <= ROWS:
         return _run_serial(*args)
+    if not workers:
+        return _run_parallel(*args)
+    # numba's thread count belongs to the calling thread (the threading layer keeps it in
+    # thread-local storage): setting it here and restoring it after cannot touch the calls
+    # of other threads, nor other kernels of this one
     before = numba.get_num_threads()
-    if workers:
-        numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(int(workers), numba.config.NUMBA_NUM_THREADS))
     try:
         _run_parallel(*args)
     finally:
