@@ -10,6 +10,14 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the option (``fastopt search: error: argument
+    --trials: invalid int value: 'x'``), exit status 2; ``--help`` shows the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else ''}\n")
+
+
 def _info(args) -> int:
     import json
 
@@ -25,14 +33,14 @@ def _bench(args) -> int:
 
     try:
         return cli(args)
-    except ValueError as e:  # bad --kernels/--backends/--sizes: a usage error, not a traceback
+    except ValueError as e:  # a bad option, refused before any work: a usage error
         print(f"fastopt bench: error: {e}", file=sys.stderr)
         return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastopt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="fastopt", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="backends available here (and why not), SIMD, threads, GPUs")
@@ -56,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs the command line on ``argv`` (a list of str; default ``sys.argv[1:]``)."""
+    if argv is not None and (not isinstance(argv, (list, tuple))
+                             or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"argv must be None or a list of str, got {type(argv).__name__}")
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

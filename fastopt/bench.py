@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Callable
 
 import numpy as np
@@ -292,17 +293,63 @@ QUICK_SIZES = {"optim": [(1 << 20, 1), (1 << 18, 200)],
                "halton": [(1 << 16, 8)]}
 
 
+#: Bytes per element of the largest case, all contenders' arrays together (Adam: params and
+#: two states per backend, torch's two modes, the grads, the ceiling's four arrays): a size
+#: whose case would not fit in this machine's memory is refused before anything runs.
+BYTES_PER_ELEMENT = 128
+
+
 def parse_size(text: str) -> int:
-    """'2^20', '1048576' or '1M' -> int."""
+    """'2^20', '1048576' or '1M' -> int, at least 1 and small enough to fit in memory."""
+    from .halton import memory_limit
+
     t = text.strip().lower()
     try:
         if "^" in t:
-            base, exp = t.split("^")
-            return int(base) ** int(exp)
-        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
-        return int(t[:-1] if mult > 1 else t) * mult
+            base, exp = (int(v) for v in t.split("^"))
+            if not (2 <= base <= 1 << 20 and 0 <= exp <= 64):  # no giant power is computed
+                raise ValueError
+            n = base ** exp
+        else:
+            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
+            n = int(t[:-1] if mult > 1 else t) * mult
     except ValueError:
         raise ValueError(f"--sizes: cannot read {text!r} (use e.g. 2^20, 1048576 or 1M)") from None
+    if n < 1:
+        raise ValueError(f"--sizes: {text!r} must be at least 1 element")
+    if n * BYTES_PER_ELEMENT > memory_limit():
+        raise ValueError(f"--sizes: {text!r} would need about {n * BYTES_PER_ELEMENT / 2**30:.3g} "
+                         f"GiB, more than this machine's {memory_limit() / 2**30:.3g} GiB")
+    return n
+
+
+def check_output(path: str, option: str) -> None:
+    """Refuses, before any work, an output path that could not be written at the end."""
+    import os
+
+    if not path:
+        raise ValueError(f"{option}: the path is empty")
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {path} is a directory; name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                   and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option}: {path} cannot be written (permission denied)")
+
+
+def check_plot_path(path: str) -> None:
+    check_output(path, "--plot")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = path.rpartition(".")[2].lower() if "." in path.rpartition("/")[2] else ""
+    if ext not in kinds:
+        raise ValueError(f"--plot: {path} must end in one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}")
 
 
 def plan(kernels, sizes=None, quick=False):
@@ -328,8 +375,9 @@ def build(family, spec, backends, peers=True) -> Case:
     return halton_case(*spec, backends=backends, peers=peers)
 
 
-def plot(rows, path):
-    """A PNG: one panel per case, a bar per contender (GB/s or values/s), the ceiling as a line."""
+def plot(rows, path, fmt=None):
+    """A PNG (or ``fmt``): one panel per case, a bar per contender (GB/s or values/s), the
+    ceiling as a line."""
     try:
         import matplotlib
 
@@ -361,7 +409,7 @@ def plot(rows, path):
         ax.axis("off")
     fig.suptitle(header().lstrip("# "), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=fmt)
     plt.close(fig)
 
 
@@ -381,16 +429,29 @@ def cli(args) -> int:
 
     from .info import info
 
-    kernels = args.kernels.split(",") if args.kernels else list(FAMILIES)
+    # every option is checked before any work, outputs included: a long run must never end in
+    # an error that loses its results
+    kernels = list(dict.fromkeys(args.kernels.split(","))) if args.kernels else list(FAMILIES)
     bad = [k for k in kernels if k not in FAMILIES]
     if bad:
-        raise ValueError(f"--kernels: unknown {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
-    wanted = args.backends.split(",") if args.backends else list(CPU_BACKENDS)
+        raise ValueError(f"--kernels: unknown {', '.join(map(repr, bad))}; choose from "
+                         f"{', '.join(FAMILIES)}")
+    wanted = list(dict.fromkeys(args.backends.split(","))) if args.backends else list(CPU_BACKENDS)
     bad = [b for b in wanted if b not in CPU_BACKENDS]
     if bad:
-        raise ValueError(f"--backends: unknown {', '.join(bad)}; choose from {', '.join(CPU_BACKENDS)}")
+        raise ValueError(f"--backends: unknown {', '.join(map(repr, bad))}; choose from "
+                         f"{', '.join(CPU_BACKENDS)}")
     backends = [b for b in wanted if have(b)]
     sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.json is not None:
+        check_output(args.json, "--json")
+    if args.plot is not None:
+        check_plot_path(args.plot)
+    if args.json is not None and args.plot is not None and (
+            os.path.abspath(args.json) == os.path.abspath(args.plot)):
+        raise ValueError("--json and --plot name the same file")
     todo = plan(kernels, sizes, args.quick)
     repeats = args.repeats or (5 if args.quick else 11)
     budget = 4.0 if args.quick else 20.0
@@ -418,12 +479,31 @@ def cli(args) -> int:
         print(format_table([r for r in rows if r["family"] == fam]))
     failed = [r for r in rows if r["status"] != "ok"]
     print(f"\n{len(rows) - len(failed)} timed, {len(failed)} FAILED")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "info": info(), "rows": rows,
-                       "args": {k: v for k, v in vars(args).items() if k != "handler"}}, f, indent=1)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(rows, args.plot)
-        print(f"wrote {args.plot}")
+    if args.json is not None:
+        text = json.dumps({"machine": machine(), "info": info(), "rows": rows,
+                           "args": {k: v for k, v in vars(args).items() if k != "handler"}},
+                          indent=1)
+        _write(args.json, "--json", lambda tmp: _write_text(tmp, text))
+    if args.plot is not None:
+        fmt = args.plot.rpartition(".")[2].lower()
+        _write(args.plot, "--plot", lambda tmp: plot(rows, tmp, fmt=fmt))
     return 1 if failed else 0
+
+
+def _write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write(path, option, write):
+    """Writes through a temporary file beside ``path``: a failed write (a full disk) leaves no
+    half-written file, and is one line naming the option (the tables above are printed)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ValueError(f"{option}: cannot write {path} ({e.strerror or e})") from None
+    print(f"wrote {path}")

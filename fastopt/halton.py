@@ -78,8 +78,8 @@ def halton(n, d, *, seed=None, scramble=True, shift=False, start=0, backend=None
     d = integer(d, "d", lo=1)
     start = integer(start, "start", lo=0)
     if start + n > INDEX_LIMIT:
-        raise ValueError(f"start + n must be <= 2**64 (64-bit point indices), got start={start}, "
-                         f"n={n}")
+        raise ValueError(f"start + n must be <= 2**64 (64-bit point indices), got "
+                         f"start={_num(start)}, n={_num(n)}")
     seed = _check_seed(seed)
     for value, name in ((scramble, "scramble"), (shift, "shift")):
         if not isinstance(value, (bool, np.bool_)):
@@ -118,7 +118,9 @@ def check_memory(n: int, d: int, start: int, scramble: bool) -> None:
     """
     limit = memory_limit()
     out = 8 * n * d
-    need = out + 9 * _sieve_limit(d) + (5 * d * (d + 3) if scramble else 0)
+    need = out + d  # in integers first: d may be beyond float range
+    if need <= limit:
+        need = out + 9 * _sieve_limit(d) + (5 * d * (d + 3) if scramble else 0)
     if need <= limit:
         b = primes(d)
         if scramble:
@@ -128,11 +130,19 @@ def check_memory(n: int, d: int, start: int, scramble: bool) -> None:
             need = out + 48 * int(np.dot(_index_digits(start + n - 1, b), np.minimum(b, n)))
         if need <= limit:
             return
-    raise ValueError(f"halton(n={n}, d={d}) needs more than the {limit / 2**30:.3g} GiB of "
-                     f"memory of this machine: n*d*8 = {out / 2**30:.3g} GiB of output plus the "
-                     f"{'permutation' if scramble else 'digit'} tables of d={d} dimensions; ask "
-                     "for fewer rows at a time (start= continues the sequence) or fewer "
-                     "dimensions")
+    raise ValueError(f"halton(n={_num(n)}, d={_num(d)}) needs more than the "
+                     f"{limit / 2**30:.3g} GiB of memory of this machine: n*d*8 = "
+                     f"{_gib(out)} of output plus the {'permutation' if scramble else 'digit'} "
+                     "tables of d dimensions; ask for fewer rows at a time (start= continues "
+                     "the sequence) or fewer dimensions")
+
+
+def _num(v: int) -> str:
+    return str(v) if v < 10**30 else f"an integer of {v.bit_length()} bits"
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes < 2**1000 else f"2**{nbytes.bit_length()} bytes"
 
 
 class HaltonTables(NamedTuple):

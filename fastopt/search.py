@@ -17,19 +17,31 @@ import io
 import json
 import math
 import numbers
+import os
+import re
 import sys
 from typing import Any
 
 import numpy as np
 
+from . import _device
+from ._registry import ALL_BACKENDS
 from ._validate import integer, real
-from .halton import halton
+from .halton import INDEX_LIMIT, halton, memory_limit
 
 __all__ = ["QuasiRandomSearch", "adam_space", "adam_kwargs"]
 
 _RANGE_KEYS = {"min", "max", "scaling", "type"}
 _SCALINGS = ("linear", "log")
 _TYPES = ("float", "int")
+#: Largest search-space file read: AlgoPerf's are under 1 KB; this leaves room for long lists
+#: of fixed points while a wrong path (a data set, /dev/zero) is refused at once.
+MAX_FILE_BYTES = 16 * 2**20
+#: Deepest nesting of lists and objects in a search-space file (the format needs 3 or 4):
+#: deeper ones are refused before they could exhaust the recursion of a parser or encoder.
+MAX_DEPTH = 32
+#: Integer parameters' bounds: every integer up to 2**53 is a float64, and u has 53 bits.
+INT_LIMIT = 2**53
 
 
 class QuasiRandomSearch:
@@ -82,17 +94,39 @@ class QuasiRandomSearch:
             raise TypeError(f"seed must be a non-negative integer (a search is reproducible), "
                             f"got {type(seed).__name__}")
         self.seed = integer(seed, "seed", lo=0)
+        for value, name in ((scramble, "scramble"), (shift, "shift")):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if backend is not None and (not isinstance(backend, str) or backend not in ALL_BACKENDS):
+            raise ValueError(f"backend must be None or one of {', '.join(ALL_BACKENDS)}, got "
+                             f"{_short(backend)}")
         self.scramble, self.shift, self.backend = bool(scramble), bool(shift), backend
 
     @classmethod
     def from_json(cls, path, seed=0, **kwargs) -> QuasiRandomSearch:
-        """The search over the space in the JSON file ``path`` (an AlgoPerf search-space file)."""
-        with open(path, encoding="utf-8") as f:
-            try:
-                space = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls(space, seed, **kwargs)
+        """The search over the space in the JSON file ``path`` (an AlgoPerf search-space file).
+
+        Errors are TypeError or ValueError, naming the file: it must be readable UTF-8 JSON of
+        at most MAX_FILE_BYTES, nested at most MAX_DEPTH deep, without duplicate keys or the
+        non-JSON constants NaN and Infinity.
+        """
+        if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+            # an int would be taken by open() as a file descriptor (0: standard input)
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        where = f"path {os.fsdecode(path)!r}"
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"{where}: cannot read it ({e.strerror or e})") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"{where}: larger than {MAX_FILE_BYTES >> 20} MiB; a search space "
+                             "is a small JSON file")
+        space = _load_json(data, where)
+        try:
+            return cls(space, seed, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
 
     @property
     def d(self) -> int:
@@ -105,22 +139,41 @@ class QuasiRandomSearch:
                       start=start, backend=self.backend)
 
     def trial(self, i: int) -> dict[str, Any]:
-        """The hyperparameters of trial ``i`` (0-based); a function of (space, seed, i) alone."""
-        i = integer(i, "i", lo=0)
+        """The hyperparameters of trial ``i`` (0-based); a function of (space, seed, i) alone.
+
+        ``0 <= i < 2**64``; for a list of fixed points an IndexError beyond the list.
+        """
+        i = integer(i, "i", lo=0, hi=INDEX_LIMIT - 1)
         if self.points is not None:
             if i >= len(self.points):
                 raise IndexError(f"trial {i} does not exist: the space lists "
                                  f"{len(self.points)} fixed points")
             return dict(self.points[i])
-        return self._map(self.unit(1, i)[0])
+        return self._map(self._host(self.unit(1, i))[0])
 
     def trials(self, n: int, start: int = 0) -> list[dict[str, Any]]:
-        """Trials ``start .. start + n - 1``: ``trials(n, start)[k] == trial(start + k)``."""
+        """Trials ``start .. start + n - 1``: ``trials(n, start)[k] == trial(start + k)``.
+
+        A list of n dicts costs about (200 + 100 d) bytes per trial; an n whose list would not
+        fit in this machine's memory is refused before anything is computed.
+        """
         n = integer(n, "n", lo=0)
         start = integer(start, "start", lo=0)
+        if start + n > INDEX_LIMIT:
+            raise ValueError(f"start + n must be <= 2**64, got start={_short(start)}, "
+                             f"n={_short(n)}")
         if self.points is not None:
-            return [self.trial(i) for i in range(start, start + n)]
-        return [self._map(row) for row in self.unit(n, start)]
+            # past the list, the first missing trial raises: never loop over an absurd n
+            return [self.trial(i) for i in range(start, start + min(n, len(self.points) + 1))]
+        if n * (200 + 108 * self.d) > memory_limit():
+            raise ValueError(f"n={_short(n)} trials of {self.d} parameters would need about "
+                             f"{n * (200 + 108 * self.d) / 2**30:.3g} GiB, more than this "
+                             "machine's memory: ask for fewer at a time (start= continues)")
+        return [self._map(row) for row in self._host(self.unit(n, start))]
+
+    @staticmethod
+    def _host(x):
+        return x if isinstance(x, np.ndarray) else _device.to_host(x)
 
     def _map(self, row) -> dict[str, Any]:
         return {name: _value(spec, float(u)) for (name, spec), u in zip(self.space.items(), row)}
@@ -134,24 +187,32 @@ def _value(spec: dict, u: float):
         pts = spec["feasible_points"]
         return pts[min(int(math.floor(u * len(pts))), len(pts) - 1)]
     a, b = spec["min"], spec["max"]
-    log = spec.get("scaling", "linear") == "log"
-    if spec.get("type", "float") == "int":
-        a, b = int(a), int(b)
+    log = spec["scaling"] == "log"
+    if spec["type"] == "int":
         if not log:
             return a + min(int(math.floor(u * (b - a + 1))), b - a)
         lo, hi = math.log(a - 0.5), math.log(b + 0.5)
         return min(max(round(math.exp(lo + u * (hi - lo))), a), b)
     if log:
         lo, hi = math.log(a), math.log(b)
-        v = math.exp(lo + u * (hi - lo))
+        try:
+            v = math.exp(lo + u * (hi - lo))
+        except OverflowError:  # a rounding past ln(max) when max is near the float limit
+            v = b
     else:
         v = a + u * (b - a)
-    return min(max(v, float(a)), float(b))  # rounding must not step outside [a, b]
+    return min(max(v, a), b)  # rounding must not step outside [a, b]
 
 
-def _check_name(name):
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_name(name, where="space"):
     if not isinstance(name, str) or not name:
-        raise TypeError(f"parameter names must be non-empty strings, got {name!r}")
+        raise TypeError(f"{where}: parameter names must be non-empty strings, got "
+                        f"{_short(name)}")
     return name
 
 
@@ -162,47 +223,82 @@ def _check_spec(name: str, spec) -> dict:
                         f"'scaling': 'log'}} or {{'feasible_points': [...]}}, got "
                         f"{type(spec).__name__}")
     if "feasible_points" in spec:
-        extra = set(spec) - {"feasible_points"}
-        if extra:
-            raise ValueError(f"{where} mixes feasible_points with {sorted(extra)}")
+        if len(spec) > 1:  # keys of any type: sorted by repr, never compared with each other
+            extra = sorted((k for k in spec if k != "feasible_points"), key=repr)
+            raise ValueError(f"{where} mixes feasible_points with {_short(extra)}")
         pts = spec["feasible_points"]
-        if not isinstance(pts, (list, tuple)) or not pts:
+        if not isinstance(pts, (list, tuple)):
+            raise TypeError(f"{where}['feasible_points'] must be a non-empty list, got "
+                            f"{type(pts).__name__}")
+        if not pts:
             raise ValueError(f"{where}['feasible_points'] must be a non-empty list")
         return {"feasible_points": list(pts)}
-    unknown = set(spec) - _RANGE_KEYS
+    unknown = [k for k in spec if k not in _RANGE_KEYS]
     if unknown:
-        raise ValueError(f"{where} has unknown keys {sorted(unknown)}; a range has "
-                         f"{sorted(_RANGE_KEYS)}, a discrete parameter 'feasible_points'")
+        raise ValueError(f"{where} has unknown keys {_short(sorted(unknown, key=repr))}; a range "
+                         f"has {sorted(_RANGE_KEYS)}, a discrete parameter 'feasible_points'")
     for key in ("min", "max"):
         if key not in spec:
             raise ValueError(f"{where} needs '{key}' (or 'feasible_points')")
-    scaling = spec.get("scaling", "linear")
-    if scaling not in _SCALINGS:
-        raise ValueError(f"{where}['scaling'] must be one of {_SCALINGS}, got {scaling!r}")
-    kind = spec.get("type", "float")
-    if kind not in _TYPES:
-        raise ValueError(f"{where}['type'] must be one of {_TYPES}, got {kind!r}")
+    scaling, kind = spec.get("scaling", "linear"), spec.get("type", "float")
+    for key, value, allowed in (("scaling", scaling, _SCALINGS), ("type", kind, _TYPES)):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{where}['{key}'] must be one of {allowed}, got {_short(value)}")
     a = real(spec["min"], f"{where}['min']")
     b = real(spec["max"], f"{where}['max']")
     if not a < b:
-        raise ValueError(f"{where}: min must be < max, got min={spec['min']!r}, "
-                         f"max={spec['max']!r}")
+        raise ValueError(f"{where}: min must be < max, got min={_short(spec['min'])}, "
+                         f"max={_short(spec['max'])}")
     if kind == "int":
-        if a != int(a) or b != int(b):
-            raise ValueError(f"{where}: an int parameter needs integer min and max, got "
-                             f"{spec['min']!r}, {spec['max']!r}")
+        if a != int(a) or b != int(b) or not -INT_LIMIT <= a < b <= INT_LIMIT:
+            raise ValueError(f"{where}: an int parameter needs integer min and max within "
+                             f"+-2**53, got {_short(spec['min'])}, {_short(spec['max'])}")
         a, b = int(a), int(b)
         if scaling == "log" and a < 1:
             raise ValueError(f"{where}: log scaling needs min >= 1 for an int parameter, got {a}")
     elif scaling == "log" and a <= 0:
-        raise ValueError(f"{where}: log scaling needs min > 0, got min={spec['min']!r}")
+        raise ValueError(f"{where}: log scaling needs min > 0, got min={_short(spec['min'])}")
+    elif not math.isfinite(b - a):
+        raise ValueError(f"{where}: max - min overflows a float64 (min={a!r}, max={b!r}); a "
+                         "linear range must be narrower")
     return {"min": a, "max": b, "scaling": scaling, "type": kind}
 
 
 def _check_point(point, i):
     if not isinstance(point, dict) or not point:
         raise TypeError(f"space[{i}] must be a non-empty dict of hyperparameter values")
-    return {_check_name(k): v for k, v in point.items()}
+    return {_check_name(k, f"space[{i}]"): v for k, v in point.items()}
+
+
+def _load_json(data: bytes, where: str):
+    """A search space from the bytes of a file: strict JSON, never deeper than MAX_DEPTH."""
+    def no_duplicates(pairs):
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"the key {_short(dup)} appears twice in one object")
+        return out
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    # brackets outside strings, counted before the recursive parser meets them
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", text).encode()
+    step = np.frombuffer(bare, np.uint8)
+    step = np.isin(step, (91, 123)).astype(np.int64) - np.isin(step, (93, 125))
+    deepest = int(np.cumsum(step).max(initial=0))
+    if deepest > MAX_DEPTH:
+        raise ValueError(f"{where}: nested {deepest} deep; a search space nests at most "
+                         f"{MAX_DEPTH} deep")
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except ValueError as e:  # JSONDecodeError, the hooks above, an integer of 5000 digits
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
 
 
 def adam_space(budget: int, *, learning_rate=(1e-5, 1e-1), one_minus_beta1=(1e-2, 0.5),
@@ -239,6 +335,11 @@ def adam_space(budget: int, *, learning_rate=(1e-5, 1e-1), one_minus_beta1=(1e-2
 
 def adam_kwargs(trial: dict) -> dict:
     """``fastopt.Adam`` keywords (lr, beta1, beta2, eps) from a trial of :func:`adam_space`."""
+    if not isinstance(trial, dict):
+        raise TypeError(f"trial must be a dict from adam_space's search, got "
+                        f"{type(trial).__name__}")
+    if "learning_rate" not in trial:
+        raise ValueError("trial has no 'learning_rate' (a trial of adam_space's search has)")
     out = {"lr": trial["learning_rate"]}
     if "one_minus_beta1" in trial:
         out["beta1"] = 1.0 - trial["one_minus_beta1"]
@@ -270,33 +371,61 @@ def add_search_command(sub) -> None:
     p.set_defaults(handler=run_search_command)
 
 
+#: Trials computed and written at a time: memory stays flat whatever --trials asks for.
+CHUNK = 4096
+
+
 def run_search_command(args, out=None) -> int:
-    """Runs ``fastopt search`` on parsed arguments; returns the exit status."""
+    """Runs ``fastopt search`` on parsed arguments; returns the exit status.
+
+    Every error is one line on stderr naming the option or SPACE.json, status 2, before any
+    trial is written. Trials are computed and written CHUNK at a time, so --trials may be as
+    large as the 64-bit index range allows; a reader that stops early (``| head``) ends the
+    command quietly with status 1.
+    """
     out = out or sys.stdout
-    try:
-        for option in ("seed", "trial", "trials", "start"):
-            value = getattr(args, option)
-            if value is not None and value < 0:
-                raise ValueError(f"--{option} must be >= 0, got {value}")
-        if args.trial is not None and args.start is not None:
-            raise ValueError("--start goes with --trials, not --trial")
-        search = QuasiRandomSearch.from_json(args.space, seed=args.seed)
-        if args.trial is not None:
-            first, trials = args.trial, [search.trial(args.trial)]
-        else:
-            first = args.start or 0
-            trials = search.trials(args.trials, first)
-    except (OSError, TypeError, ValueError, IndexError) as e:
-        print(f"fastopt search: error: {e}", file=sys.stderr)
+
+    def fail(message):
+        print(f"fastopt search: error: {message}", file=sys.stderr)
         return 2
-    if args.format == "json":
-        for t in trials:
-            out.write(json.dumps(t) + "\n")
+
+    for option in ("seed", "trial", "trials", "start"):
+        value = getattr(args, option)
+        if value is not None and value < 0:
+            return fail(f"--{option} must be >= 0, got {value}")
+    if args.trial is not None and args.start is not None:
+        return fail("--start goes with --trials, not --trial")
+    if args.trial is not None:
+        first, count = args.trial, 1
+        if first >= INDEX_LIMIT:
+            return fail(f"--trial must be < 2**64 (64-bit trial indices), got {_short(first)}")
     else:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["trial", *search.names])
-        for k, t in enumerate(trials):
-            w.writerow([first + k, *(t.get(name, "") for name in search.names)])
-        out.write(buf.getvalue())
+        first, count = args.start or 0, args.trials
+        if first + count > INDEX_LIMIT:
+            return fail(f"--start + --trials must be <= 2**64 (64-bit trial indices), got "
+                        f"{_short(first)} + {_short(count)}")
+    try:
+        search = QuasiRandomSearch.from_json(args.space, seed=args.seed)
+    except (TypeError, ValueError) as e:
+        return fail(f"SPACE.json: {e}")
+    if search.points is not None and first + count > len(search.points):
+        what = "--trial" if args.trial is not None else "--start + --trials"
+        return fail(f"{what} goes past the {len(search.points)} fixed points that "
+                    f"{args.space} lists")
+    try:
+        if args.format == "csv":
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["trial", *search.names])
+        for at in range(first, first + count, CHUNK):
+            trials = search.trials(min(CHUNK, first + count - at), at)
+            if args.format == "json":
+                out.write("".join(json.dumps(t) + "\n" for t in trials))
+            else:
+                w.writerows([at + k, *(t.get(name, "") for name in search.names)]
+                            for k, t in enumerate(trials))
+        out.flush()
+    except BrokenPipeError:
+        if out is sys.__stdout__:  # no second error when the interpreter flushes it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 1
     return 0

@@ -76,8 +76,8 @@ def test_broken_kernel_is_reported_failed_and_not_timed(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["bench", "--kernels", "sort"], "--kernels: unknown sort"),
-    (["bench", "--backends", "fortran"], "--backends: unknown fortran"),
+    (["bench", "--kernels", "sort"], "--kernels: unknown 'sort'"),
+    (["bench", "--backends", "fortran"], "--backends: unknown 'fortran'"),
     (["bench", "--sizes", "big"], "--sizes: cannot read 'big'"),
 ])
 def test_bad_arguments_are_usage_errors(args, pattern, capsys):

@@ -132,6 +132,12 @@ def test_absurd_sizes_are_refused_before_allocating(n, d, scramble):
     assert time.perf_counter() - t0 < 5.0
 
 
+def test_sizes_beyond_float_range_are_refused_by_size():
+    for n, d in ((1, 10**400), (10**400, 1)):
+        with pytest.raises(ValueError, match=r"an integer of \d+ bits"):
+            halton(n, d, scramble=False) if n == 1 else halton(n, d, start=0)
+
+
 def test_no_rows_cost_nothing_whatever_d():
     assert halton(0, 10**12).shape == (0, 10**12)
 

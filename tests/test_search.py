@@ -10,6 +10,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fastopt
 from fastopt import QuasiRandomSearch
@@ -309,3 +311,156 @@ def test_python_dash_m_fastopt_search(space_file):
                              capture_output=True, text=True, env=env, cwd=space_file.parent)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout) == QuasiRandomSearch.from_json(space_file, seed=9).trial(2)
+
+
+# -- hardening: bad input anywhere is a named TypeError/ValueError -------------------------------
+
+BAD_SPACES_MORE = [
+    ({"x": {"min": -1e308, "max": 1e308}}, ValueError, r"space\['x'\]: max - min overflows"),
+    ({"x": {"min": 0, "max": 2**60, "type": "int"}}, ValueError, r"within \+-2\*\*53"),
+    ({"x": {"min": -10**308, "max": 10**308, "type": "int"}}, ValueError, r"within \+-2\*\*53"),
+    ({"x": {"min": 0, "max": 10**400}}, ValueError, r"space\['x'\]\['max'\] must be a finite"),
+    ({"x": {"min": float("nan"), "max": 1}}, ValueError, r"space\['x'\]\['min'\] must be finite"),
+    ({"x": {"min": True, "max": 2}}, TypeError, r"space\['x'\]\['min'\] must be a real number"),
+    ({"x": {"min": 0, "max": 1, "scaling": ["log"]}}, ValueError, r"space\['x'\]\['scaling'\]"),
+    ({"x": {"min": 0, "max": 1, "type": None}}, ValueError, r"space\['x'\]\['type'\]"),
+    ({"x": {"min": 0, "max": 1, 1: 2, "z": 3}}, ValueError, r"unknown keys \['z', 1\]"),
+    ({"x": {"feasible_points": [1], 2: 3}}, ValueError, r"mixes feasible_points with \[2\]"),
+    ({"x": {"feasible_points": "abc"}}, TypeError, r"\['feasible_points'\] must be a non-empty list"),
+    ({"x": {"feasible_points": None}}, TypeError, r"\['feasible_points'\] must be a non-empty list"),
+    ({1: {"min": 0, "max": 1}}, TypeError, r"space: parameter names must be non-empty strings"),
+    ({"": {"min": 0, "max": 1}}, TypeError, r"space: parameter names must be non-empty strings"),
+    ([{"lr": 1}, {2: 1}], TypeError, r"space\[1\]: parameter names must be"),
+    ([{"lr": 1}, 5], TypeError, r"space\[1\] must be a non-empty dict"),
+    (None, TypeError, r"space must be a dict"),
+]
+
+
+@pytest.mark.parametrize("space,exc,pattern", BAD_SPACES_MORE,
+                         ids=[str(b[0])[:40] for b in BAD_SPACES_MORE])
+def test_bad_space_more(space, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        QuasiRandomSearch(space)
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", [
+    (dict(scramble="no"), TypeError, r"\bscramble must be a bool"),
+    (dict(shift=1), TypeError, r"\bshift must be a bool"),
+    (dict(backend="fortran"), ValueError, r"\bbackend must be None or one of"),
+    (dict(backend=1), ValueError, r"\bbackend must be None or one of"),
+    (dict(seed=1.0), TypeError, r"\bseed must be a non-negative integer"),
+    (dict(seed=True), TypeError, r"\bseed must be a non-negative integer"),
+])
+def test_bad_search_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        QuasiRandomSearch(SPACE, **kwargs)
+
+
+def test_trial_indices_beyond_64_bits_and_absurd_counts():
+    s = QuasiRandomSearch(SPACE)
+    assert s.trial(2**64 - 1) == s.trials(1, 2**64 - 1)[0]
+    with pytest.raises(ValueError, match=r"\bi must be <= "):
+        s.trial(2**64)
+    with pytest.raises(ValueError, match=r"\bi must be <= "):
+        s.trial(10**400)
+    with pytest.raises(ValueError, match=r"start \+ n must be <= 2\*\*64"):
+        s.trials(2, 2**64 - 1)
+    with pytest.raises(ValueError, match=r"n=10000000000000 trials of 5 parameters would need"):
+        s.trials(10**13)
+    with pytest.raises(TypeError, match=r"\bn must be an integer"):
+        s.trials(np.float64(3))
+    assert s.trials(np.int32(2), np.uint64(3)) == s.trials(2, 3)
+    points = QuasiRandomSearch([{"a": 1}, {"a": 2}])
+    with pytest.raises(IndexError, match="trial 2 does not exist"):
+        points.trials(10**12)  # at once: the list is not walked 10**12 times
+
+
+def test_log_scaling_up_to_the_float_limit():
+    top = 1.7976931348623157e308
+    s = QuasiRandomSearch({"x": {"min": 1e300, "max": top, "scaling": "log"}}, seed=3)
+    values = [t["x"] for t in s.trials(2000)]
+    assert all(1e300 <= v <= top for v in values) and max(values) > 1e307
+
+
+def test_wide_but_finite_linear_range_is_uniform():
+    s = QuasiRandomSearch({"x": {"min": -8e307, "max": 8e307}}, seed=1)
+    values = np.array([t["x"] for t in s.trials(1000)])
+    assert np.isfinite(values).all() and abs((values > 0).mean() - 0.5) < 0.01
+
+
+def test_from_json_bad_paths(tmp_path):
+    for path in (0, 1, None, True, 3.5, ["a"]):  # an int would be a file descriptor: stdin
+        with pytest.raises(TypeError, match=r"\bpath must be a str"):
+            QuasiRandomSearch.from_json(path)
+    with pytest.raises(ValueError, match=r"path .*missing\.json.: cannot read it"):
+        QuasiRandomSearch.from_json(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"path .*: cannot read it"):
+        QuasiRandomSearch.from_json(tmp_path)
+    bad = tmp_path / "bad.json"
+    for text, pattern in (("[" * 5000 + "]" * 5000, "nested 5000 deep"),
+                          ('{"x": 1, "x": 2}', "appears twice"),
+                          ('{"x": {"min": 0, "max": Infinity}}', "Infinity is not JSON"),
+                          ('{"x": {"min": 0, "max": 2}', "not valid JSON"),
+                          ('{"x": {"min": 2, "max": 1}}', r"space\['x'\]: min must be < max")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=pattern):
+            QuasiRandomSearch.from_json(bad)
+    bad.write_bytes(b"\xef\xbb\xbf" + json.dumps(SPACE).encode())  # a BOM is fine
+    assert QuasiRandomSearch.from_json(bad).names == tuple(SPACE)
+    bad.write_text('{"x": {"feasible_points": ["[[[[", "}}}}"]}}')  # brackets in strings
+    assert QuasiRandomSearch.from_json(bad).trial(0)["x"] in ("[[[[", "}}}}")
+
+
+def test_adam_kwargs_bad_trials():
+    with pytest.raises(TypeError, match=r"\btrial must be a dict"):
+        adam_kwargs(5)
+    with pytest.raises(ValueError, match=r"\btrial has no 'learning_rate'"):
+        adam_kwargs({})
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                    st.floats(allow_nan=True), st.text(max_size=4),
+                    st.lists(st.integers(), max_size=3))
+_SPEC = st.one_of(
+    st.dictionaries(st.sampled_from(["min", "max", "scaling", "type", "feasible_points", "x"]),
+                    _VALUES | st.sampled_from(["log", "linear", "int", "float"]), max_size=5),
+    _VALUES)
+
+
+@given(space=st.one_of(st.dictionaries(st.text(max_size=3) | st.integers(), _SPEC, max_size=4),
+                       st.lists(st.dictionaries(st.text(max_size=3), _VALUES, max_size=2),
+                                max_size=3), _VALUES))
+def test_random_spaces_raise_only_named_errors(space):
+    try:
+        s = QuasiRandomSearch(space)
+    except (TypeError, ValueError) as e:
+        assert "space" in str(e), str(e)
+        return
+    for t in s.trials(min(5, len(s.points)) if s.points is not None else 5):
+        if s.space is not None:
+            for name, spec in s.space.items():
+                if "min" in spec:
+                    assert spec["min"] <= t[name] <= spec["max"]
+
+
+_GOOD_SPEC = st.one_of(
+    st.tuples(st.floats(-1e6, 1e6), st.floats(1e-6, 1e6)).map(
+        lambda p: {"min": p[0], "max": p[0] + p[1]}),
+    st.tuples(st.floats(1e-8, 1e3), st.floats(1.001, 1e6)).map(
+        lambda p: {"min": p[0], "max": p[0] * p[1], "scaling": "log"}),
+    st.tuples(st.integers(-1000, 1000), st.integers(1, 1000)).map(
+        lambda p: {"min": p[0], "max": p[0] + p[1], "type": "int"}),
+    st.tuples(st.integers(1, 1000), st.integers(1, 1000)).map(
+        lambda p: {"min": p[0], "max": p[0] + p[1], "type": "int", "scaling": "log"}),
+    st.lists(st.integers(), min_size=1, max_size=5).map(lambda p: {"feasible_points": p}))
+
+
+@given(space=st.dictionaries(st.text(min_size=1, max_size=3), _GOOD_SPEC, min_size=1, max_size=6),
+       seed=st.integers(0, 2**64), start=st.integers(0, 2**64 - 20), n=st.integers(0, 20))
+def test_good_random_spaces_equal_the_reference_on_every_backend(space, seed, start, n):
+    want = QuasiRandomSearch(space, seed, backend="numpy").trials(n, start)
+    assert want == [QuasiRandomSearch(space, seed, backend="numpy").trial(start + k)
+                    for k in range(n)]
+    for backend in fastopt.backends():
+        if backend in ("cpp", "numba"):
+            assert QuasiRandomSearch(space, seed, backend=backend).trials(n, start) == want
