@@ -126,6 +126,8 @@ class QuasiRandomSearch:
         try:
             return cls(space, seed, **kwargs)
         except (TypeError, ValueError) as e:
+            if not str(e).startswith("space"):  # seed=, backend=: not the file's fault
+                raise
             raise type(e)(f"{where}: {e}") from None
 
     @property

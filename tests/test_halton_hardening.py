@@ -334,9 +334,15 @@ def test_cpp_refuses_misaligned_and_aliased_arrays():
     out = terms[:12].reshape(4, 3)  # writing out would rewrite the terms it reads
     with pytest.raises(ValueError, match="out overlaps"):
         _C.halton(out, 0, tab.bases, tab.ndig, terms, tab.offsets, np.zeros(0), 1)
-    with pytest.raises(ValueError, match="workers"):
-        _C.halton(np.zeros((4, 3)), 0, tab.bases, tab.ndig, tab.terms, tab.offsets,
-                  np.zeros(0), 100000)
+    args = (tab.bases, tab.ndig, tab.terms, tab.offsets, np.zeros(0))
+    with pytest.raises(ValueError, match="workers is out of range"):
+        _C.halton(np.zeros((4, 3)), 0, *args, 100000)
+    for start, exc in ((2**64, ValueError), (-1, ValueError), ("0", TypeError), (1.0, TypeError)):
+        with pytest.raises(exc, match=r"^start (is out of range|must be an integer)"):
+            _C.halton(np.zeros((4, 3)), start, *args, 1)  # never pybind11's signature dump
+    out = np.zeros((4, 3))
+    _C.halton(out, np.uint64(5), *args, np.int8(1))  # NumPy integers are integers
+    assert np.array_equal(out, halton(4, 3, seed=0, start=5, backend="numpy"))
 
 
 def test_reference_entry_refuses_what_it_cannot_follow():

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/halton_math.h"
@@ -156,17 +157,35 @@ void build_prefix(double* S, const double* terms, uint32_t b, int m) {
 // Most threads a call may start: a thread per processor, or this many where there are fewer.
 constexpr int kMaxWorkers = 256;
 
-void halton(py::array out, uint64_t start, const py::array& bases, const py::array& ndig,
-            const py::array& terms, const py::array& offsets, const py::array& shift,
-            int workers) {
+// An integer argument (a Python int or a NumPy integer) in [lo, hi], or an error naming it,
+// rather than pybind11's dump of the signature.
+uint64_t index_arg(const py::handle& value, const char* name, uint64_t hi) {
+  PyObject* idx = PyNumber_Index(value.ptr());
+  if (!idx) {
+    PyErr_Clear();
+    throw py::type_error(std::string(name) + " must be an integer");
+  }
+  const py::object v = py::reinterpret_steal<py::object>(idx);
+  const unsigned long long r = PyLong_AsUnsignedLongLong(v.ptr());
+  if (PyErr_Occurred() || r > hi) {
+    PyErr_Clear();
+    throw py::value_error(std::string(name) + " is out of range [0, " + std::to_string(hi) + "]");
+  }
+  return r;
+}
+
+void halton(py::array out, const py::object& start_arg, const py::array& bases,
+            const py::array& ndig, const py::array& terms, const py::array& offsets,
+            const py::array& shift, const py::object& workers_arg) {
+  const uint64_t start = index_arg(start_arg, "start", ~uint64_t(0));
+  int workers = int(index_arg(workers_arg, "workers", uint64_t(std::max(kMaxWorkers,
+                                                                         omp_get_num_procs()))));
   if (!out.dtype().equal(py::dtype::of<double>())) throw py::type_error("out must be float64");
   if (out.ndim() != 2) throw py::value_error("out must be 2-D (n, d)");
   if (!(out.flags() & py::array::c_style)) throw py::value_error("out is not C-contiguous");
   if (!(out.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
     throw py::value_error("out is not aligned");
   if (!out.writeable()) throw py::value_error("out is read-only");
-  if (workers > std::max(kMaxWorkers, omp_get_num_procs()))
-    throw py::value_error("workers exceeds the processors of this machine");
   const int64_t n = out.shape(0), d = out.shape(1);
   const HaltonHostTables tab = halton_tables(bases, ndig, terms, offsets, shift, n, d, start);
   const int64_t *B = tab.bases, *K = tab.ndig, *O = tab.offsets;
