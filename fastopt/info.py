@@ -34,19 +34,29 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+def _reason(backend: str) -> str:
+    """Why ``backend`` cannot run, or "available". ``fastopt info`` is what one runs when
+    something is broken, so a backend whose probe itself fails (numba refusing a bad
+    NUMBA_NUM_THREADS at import) is reported, not raised."""
+    try:
+        return _dispatch.unavailable_reason(backend) or "available"
+    except Exception as e:  # noqa: BLE001 - any failure of the probe is the answer
+        return f"cannot be loaded here ({type(e).__name__}: {e})"
+
+
 def info() -> dict:
     simd = threads = None
-    if _dispatch.unavailable_reason("cpp") is None:
+    backends = {b: _reason(b) for b in _registry.ALL_BACKENDS}
+    if backends["cpp"] == "available":
         from . import _C
 
         simd, threads = _C.simd_level(), _C.num_threads()
     return {
         "version": __version__,
         "machine": machine(),
-        "backends": {b: _dispatch.unavailable_reason(b) or "available"
-                     for b in _registry.ALL_BACKENDS},
+        "backends": backends,
         "default_backend": {"host": next((b for b in _registry.CPU_BACKENDS
-                                          if _dispatch.unavailable_reason(b) is None), None)},
+                                          if backends[b] == "available"), None)},
         "simd": simd,
         "threads": threads,
         "thread_settings": {k: os.environ.get(k) for k in

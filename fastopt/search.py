@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _device
-from ._registry import ALL_BACKENDS
+from . import _device, _dispatch
+from ._registry import ALL_BACKENDS, DEVICE_BACKENDS, F64
 from ._validate import integer, real
 from .halton import INDEX_LIMIT, halton, memory_limit
 
@@ -406,6 +406,12 @@ def run_search_command(args, out=None) -> int:
         if first + count > INDEX_LIMIT:
             return fail(f"--start + --trials must be <= 2**64 (64-bit trial indices), got "
                         f"{_short(first)} + {_short(count)}")
+    env = os.environ.get("FASTOPT_BACKEND")
+    if env:
+        try:
+            _dispatch.resolve("halton.halton", device=env in DEVICE_BACKENDS, dtype=F64)
+        except (TypeError, ValueError) as e:
+            return fail(f"FASTOPT_BACKEND: {e}")
     try:
         search = QuasiRandomSearch.from_json(args.space, seed=args.seed)
     except (TypeError, ValueError) as e:
@@ -426,6 +432,8 @@ def run_search_command(args, out=None) -> int:
                 w.writerows([at + k, *(t.get(name, "") for name in search.names)]
                             for k, t in enumerate(trials))
         out.flush()
+    except (TypeError, ValueError) as e:  # checked above; the machine may still refuse
+        return fail(str(e))
     except BrokenPipeError:
         if out is sys.__stdout__:  # no second error when the interpreter flushes it at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())

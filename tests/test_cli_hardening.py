@@ -278,3 +278,27 @@ def test_random_search_command_lines(argv, tmp_path_factory):
     else:
         lines = err.getvalue().strip().splitlines()
         assert rc == 2 and len(lines) == 1 and "error:" in lines[0], err.getvalue()
+
+
+def test_search_names_a_bad_fastopt_backend(space_file, capsys, monkeypatch):
+    for value in ("bogus", "CPP"):
+        monkeypatch.setenv("FASTOPT_BACKEND", value)
+        rc, out, err = run_main(["search", str(space_file), "--trial", "0"], capsys)
+        assert_usage_error(rc, err, "FASTOPT_BACKEND: backend=")
+        assert out == ""
+
+
+def test_info_reports_a_backend_whose_probe_fails(monkeypatch, capsys):
+    """fastopt info is run when something is broken: a failing probe is a line, not a crash."""
+    from fastopt import info as info_mod
+
+    real = info_mod._dispatch.unavailable_reason
+
+    def probe(name):
+        if name == "numba-cuda":
+            raise ValueError("Number of threads specified must be > 0.")
+        return real(name)
+
+    monkeypatch.setattr(info_mod._dispatch, "unavailable_reason", probe)
+    rc, out, _ = run_main(["info"], capsys)
+    assert rc == 0 and "numba-cuda  cannot be loaded here (ValueError: Number of threads" in out
