@@ -35,11 +35,13 @@ def unavailable_reason(name: str) -> str | None:
                     "where a C++ compiler works: pip install --force-reinstall .")
         return None
     if name == "numba":
-        try:
-            found = importlib.util.find_spec("numba") is not None
-        except (ImportError, ValueError):
-            found = False
-        return None if found else "numba is not installed (pip install numba)"
+        try:  # importing it, not just finding it: a broken install is not an available one
+            importlib.import_module("numba")
+        except Exception as e:  # noqa: BLE001 - any failure to import means: not available
+            if importlib.util.find_spec("numba") is None:
+                return "numba is not installed (pip install numba)"
+            return f"numba is installed but cannot be imported ({type(e).__name__}: {e})"
+        return None
     if name in ("cuda", "numba-cuda"):
         try:
             mod = importlib.import_module(_MODULES[name])

@@ -60,8 +60,8 @@ def halton(n, d, *, seed=None, scramble=True, shift=False, start=0, backend=None
         available. ``"cuda"`` or ``"numba-cuda"`` compute on the GPU and return a device array
         (CuPy if installed, else PyTorch, else Numba). Every backend returns the same bits.
     workers : int or None
-        Threads to use (None or -1: all), at most ``os.cpu_count()``. The result does not
-        depend on it.
+        Threads to use (None or -1: all CPUs); up to 1024 may be asked for, and at most
+        ``os.cpu_count()`` are used. The result does not depend on it.
 
     Returns
     -------
@@ -292,14 +292,20 @@ def _check_seed(seed):
     return int(seed)
 
 
+#: The largest ``workers`` a call may ask for (as SciPy does, more than the CPUs is allowed).
+WORKERS_LIMIT = 1024
+
+
 def max_workers() -> int:
-    """The most threads a call may ask for: the CPUs of this machine. More cannot speed up a
+    """The most threads a call uses: the CPUs of this machine. More cannot speed up a
     compute-bound kernel, and thousands of threads can exhaust what the process may create."""
     return os.cpu_count() or 1
 
 
 def _check_workers(workers) -> int:
+    """0 (all CPUs) for None or -1, else ``workers`` in [1, WORKERS_LIMIT] capped at the CPUs:
+    the result never depends on it, so asking for more than the machine has is not an error."""
     if workers is None or (not isinstance(workers, bool) and isinstance(workers, numbers.Integral)
                            and workers == -1):
         return 0  # all threads
-    return integer(workers, "workers", lo=1, hi=max_workers())
+    return min(integer(workers, "workers", lo=1, hi=WORKERS_LIMIT), max_workers())

@@ -69,10 +69,17 @@ def test_scrambled_tables_at_large_d_are_built_once_in_place():
 
 # -- workers ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("workers", [halton_mod.max_workers() + 1, 2000, 10**30])
-def test_workers_beyond_the_cpus_are_refused(workers):
+@pytest.mark.parametrize("workers", [halton_mod.WORKERS_LIMIT + 1, 2000, 10**30])
+def test_absurd_workers_are_refused(workers):
     with pytest.raises(ValueError, match=r"\bworkers must be <= "):
         halton(10, 2, workers=workers)
+
+
+def test_workers_beyond_the_cpus_run_on_the_cpus():
+    """As in SciPy, more workers than CPUs is allowed; fastopt uses at most the CPUs."""
+    n = halton_mod.max_workers()
+    assert halton_mod._check_workers(n + 3) == n
+    assert np.array_equal(halton(5000, 3, seed=1, workers=n + 3), halton(5000, 3, seed=1))
 
 
 @pytest.mark.parametrize("workers", [True, 1.0, "2", np.float64(1)])

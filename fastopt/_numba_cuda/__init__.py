@@ -13,6 +13,8 @@ def unavailable_reason() -> str | None:
         from numba import cuda
     except ImportError as e:
         return f"numba-cuda is not installed ({e}); pip install numba-cuda"
+    except Exception as e:  # noqa: BLE001 - e.g. NUMBA_NUM_THREADS=0 fails numba's import
+        return f"numba cannot be imported ({type(e).__name__}: {e})"
     try:
         ok = cuda.is_available()
     except Exception as e:  # noqa: BLE001 - a broken driver install says so in its own words
