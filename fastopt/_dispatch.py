@@ -37,9 +37,9 @@ def unavailable_reason(name: str) -> str | None:
     if name == "numba":
         try:  # importing it, not just finding it: a broken install is not an available one
             importlib.import_module("numba")
+        except ImportError:
+            return "numba is not installed (pip install numba)"
         except Exception as e:  # noqa: BLE001 - any failure to import means: not available
-            if importlib.util.find_spec("numba") is None:
-                return "numba is not installed (pip install numba)"
             return f"numba is installed but cannot be imported ({type(e).__name__}: {e})"
         return None
     if name in ("cuda", "numba-cuda"):
