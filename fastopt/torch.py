@@ -1,17 +1,60 @@
-r"""PyTorch drop-in optimizers: ``torch.optim.Optimizer`` subclasses running fastopt's kernels.
+r"""PyTorch drop-in optimizers: subclasses of ``torch.optim``'s classes running fastopt's kernels.
 
 ``fastopt.torch.AdamW(model.parameters(), lr=1e-3)`` is a one-line swap for
-``torch.optim.AdamW``: same arguments, same trajectory (to float tolerance), same
-``state_dict()`` machinery (``torch.save``/``torch.load``), param groups and ``zero_grad``.
-Each ``step()`` makes one native call per (param group, dtype, device), whatever the number of
-parameter tensors, on zero-copy NumPy views of the CPU tensors (cached between steps) or on CUDA
-tensors through fastopt's device backend.
+``torch.optim.AdamW``: each class here subclasses its ``torch.optim`` namesake (``isinstance``
+holds), takes the same arguments in the same order with the same defaults (its signature is
+torch's, read with ``inspect``, plus the keyword-only options below), keeps the same param
+groups and the same state under the same keys, and follows the same trajectory to float
+tolerance. Each ``step()`` makes one native call per (param group, step count, dtype, device),
+whatever the number of parameter tensors, on zero-copy NumPy views of the CPU tensors (cached
+between steps) or on CUDA tensors through fastopt's device backend.
 
-``semantics="torch"`` (default) follows PyTorch's update rules; ``semantics="fastopt"`` the
-source document's (``fastopt.functional``), e.g. RMSProp's v starting at 1 and eps inside the
-root, and Adam's eps before bias correction.
+Classes and the torch options they honour (``semantics="torch"``, the default):
 
-Extra keyword options on every optimizer:
+* ``Adam``, ``AdamW``: ``lr, betas, eps, weight_decay, maximize, decoupled_weight_decay``
+  (Adam's ``decoupled_weight_decay=True`` is AdamW's rule, as in torch);
+* ``SGD``: ``lr, momentum, dampening, weight_decay, nesterov, maximize``;
+* ``RMSprop``: ``lr, alpha, eps, weight_decay, momentum, maximize``;
+* ``NAdam``: ``lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize``
+  (its ``mu_product`` is kept in the state, as torch keeps it).
+
+``foreach`` and ``fused`` are accepted and stored but change nothing: every step here is fused.
+Refused with a ValueError naming the option, in the constructor, in ``add_param_group``, in a
+loaded checkpoint and at ``step()`` if a group is edited to ask for it: ``amsgrad=True`` and
+centered RMSprop (both need a state array our kernels do not keep), ``capturable=True`` (CUDA
+graph capture of a host-driven step), ``differentiable=True`` (autograd through in-place
+kernels), and any option of a newer torch set to other than its default. Also refused:
+sparse or non-contiguous tensors, duplicated or memory-sharing parameters in one group, and
+dtypes other than float32/float64 on the CPU (float16/bfloat16 on CUDA, with float32 state).
+
+Safety, whatever the caller does:
+
+* Every hyperparameter is checked (finite, in range, of a sensible type; a one-element tensor
+  is read as its value) in the constructor, in ``add_param_group``, when loading, and at every
+  ``step()`` (schedulers and users edit groups between steps): a bad one is a TypeError or
+  ValueError naming it, raised before anything is written.
+* ``load_state_dict`` checks everything first (structure, group count and sizes, param ids,
+  every state tensor's shape and dtype against its param, step counts: integral, finite,
+  0 <= step <= 2**53, flags) and changes nothing when it refuses. Checkpoints load both ways
+  with ``torch.optim``: older ones get torch's defaults for missing flags, a number ``step``
+  is accepted, a torch SGD ``momentum_buffer`` means its first step was taken.
+* A parameter whose shape, dtype or storage changed under the optimizer (``p.data = ...``)
+  gets a clear error at ``step()`` rather than a kernel writing past an array.
+* ``step()`` and ``load_state_dict()`` take one call at a time per optimizer: a concurrent
+  second call (another thread, a hook) is a RuntimeError. Different optimizers in different
+  threads are independent.
+* ``copy.deepcopy`` and pickling (``torch.save(opt)``) keep every option; the copy steps on
+  its own. Hooks are not copied, as in torch.
+
+Differences from torch's state: ``step`` is a float64 count (exact up to 2**53; torch's
+float32 count stops at 2**24), and RMSprop keeps ``momentum_buffer`` even when momentum is 0
+(torch ignores the extra key).
+
+``semantics="fastopt"`` follows the source document's rules (``fastopt.functional``) instead:
+RMSProp's v starting at 1 and eps inside the root, Adam's eps before bias correction, NAdam's
+constant beta1 in the look-ahead; ``maximize`` and SGD's ``dampening`` are refused there.
+
+Extra keyword-only options on every optimizer:
 
 * ``max_grad_norm``: clip by the global norm of all gradients of all groups, computed in one
   read pass; the clip factor is folded into the update (gradients are not rewritten). The
@@ -21,34 +64,129 @@ Extra keyword options on every optimizer:
 * ``monitor``: a ``fastopt.GradNormMonitor`` that records every step's norm (and clipping).
 * ``backend``: a fastopt backend name, or None for the fastest available.
 
-Not supported (refused with a ValueError): ``amsgrad``, centered RMSprop, ``capturable``,
-``differentiable``, sparse gradients, non-contiguous parameters, and dtypes other than
-float32/float64 on the CPU (float16/bfloat16 are accepted on CUDA, with float32 state).
 This module imports torch; ``import fastopt`` does not.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+import numbers
+from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+from . import _dispatch
 from . import functional as F
-from ._registry import OPTIM_STATE, Scalars
+from ._registry import ALL_BACKENDS, OPTIM_STATE, Scalars
+from ._validate import MAX_STEP, Exclusive, check_no_overlap, dtype_of, real
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _SEMANTICS = ("torch", "fastopt")
+#: float64 counts are exact to MAX_STEP, where torch's float32 ones stop at 2**24
+_STEP_DTYPE = torch.float64
+
+# What each torch option name means here; names are shared by every class, as in torch.
+_NUMBERS = {"lr": {}, "eps": {}, "weight_decay": {}, "momentum": {}, "dampening": {},
+            "momentum_decay": {}, "alpha": dict(hi=1, hi_open=True)}
+_FLAGS = ("maximize", "nesterov", "decoupled_weight_decay")
+_IGNORED = ("foreach", "fused")  # how torch would run it; fastopt always runs fused
+_REFUSED = {
+    "amsgrad": "AMSGrad (it needs a max_exp_avg_sq state fastopt's Adam kernel does not keep)",
+    "centered": "centered RMSprop (it needs a grad_avg state fastopt's kernel does not keep)",
+    "capturable": "capturable steps (CUDA graph capture; fastopt's steps are driven from the "
+                  "host; a capturable checkpoint runs the same algorithm with capturable=False)",
+    "differentiable": "differentiable steps (autograd through the update; fastopt's kernels "
+                      "update in place outside autograd)",
+}
 
 
-def _refuse(flag, what):
-    if flag:
-        raise ValueError(f"fastopt.torch does not support {what}")
+def _scalar_dtype():
+    """torch's dtype for NAdam's mu_product: float64 only under a float64 default dtype."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_param(p: torch.Tensor, where: str) -> None:
+def _value(value, name):
+    """A hyperparameter as a Python number (a one-element real tensor is read as its value)."""
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor "
+                             f"of shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype == torch.bool or value.device.type == "meta":
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor on "
+                            f"{value.device}")
+        return value.item()
+    return value
+
+
+def _flag(value, name) -> bool:
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                                and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}"[:200])
+
+
+def _betas(value, name):
+    if torch.is_tensor(value) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a pair of numbers, got {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a pair of numbers, got {len(value)} items")
+    return tuple(real(_value(b, f"{name}[{i}]"), f"{name}[{i}]", lo=0, hi=1, hi_open=True)
+                 for i, b in enumerate(value))
+
+
+def _option(name, value, where, default):
+    """One torch option, checked: numbers as floats, flags as bools (refused ones False)."""
+    if name in _NUMBERS:
+        return real(_value(value, where), where, lo=0, **_NUMBERS[name])
+    if name == "betas":
+        return _betas(value, where)
+    if name in _FLAGS:
+        return _flag(value, where)
+    if name in _IGNORED:
+        return None if value is None else _flag(value, where)
+    if name in _REFUSED:
+        if _flag(value, where):
+            raise ValueError(f"{where}=True is not supported: fastopt.torch does not implement "
+                             f"{_REFUSED[name]}")
+        return False
+    try:  # an option of a newer torch than this module knows: only its default is understood
+        same = value is default or bool(value == default)
+    except Exception:
+        same = False
+    if not same:
+        raise ValueError(f"{where}={value!r} is not supported: fastopt.torch implements only "
+                         f"its default, {default!r}"[:300])
+    return value
+
+
+def _count(value, name) -> int:
+    """A step count from a checkpoint: an integral number (or 0-d tensor) in [0, MAX_STEP]."""
+    v = _value(value, name)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got "
+                        f"{type(v).__name__}")
+    if isinstance(v, numbers.Integral):
+        n = int(v)
+    else:
+        f = float(v)
+        if not math.isfinite(f) or not f.is_integer():
+            raise ValueError(f"{name} must be a whole number of steps, got {v!r}")
+        n = int(f)
+    if not 0 <= n <= MAX_STEP:
+        raise ValueError(f"{name} must be in [0, 2**53], got "
+                         f"{n if abs(n) < 10**30 else f'an integer of {n.bit_length()} bits'}")
+    return n
+
+
+def _check_param(p, where: str) -> None:
+    if not torch.is_tensor(p):
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
     if p.is_sparse or p.layout != torch.strided:
         raise ValueError(f"{where}: only dense (strided) tensors are supported")
     if p.is_cuda:
@@ -67,141 +205,400 @@ def _check_param(p: torch.Tensor, where: str) -> None:
                          "the model's parameters)")
 
 
+def _check_disjoint(params, where):
+    """No param of one kernel call shares memory with another: their updates would race."""
+    seen = {}
+    for i, p in enumerate(params):
+        j = seen.setdefault(id(p), i)
+        if j != i:
+            raise ValueError(f"{where}: param {i} is param {j} again; list each parameter once")
+    views = [_view(p) for p in params]
+    try:
+        check_no_overlap({"params": views})
+    except ValueError as e:
+        raise ValueError(f"{where}: {e} (params sharing memory, e.g. views of one tensor, "
+                         "must be in different param groups)") from None
+
+
+def _state_dtype(p):
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
 def _view(t: torch.Tensor):
-    """The array a kernel writes: a NumPy view sharing memory (CPU) or the tensor itself (CUDA)."""
+    """The array a kernel uses: a NumPy view sharing memory (CPU) or the tensor itself (CUDA)."""
     t = t.detach()
     return t if t.is_cuda else t.numpy()
 
 
 class _Bucket:
-    """Params of one group sharing (step, dtype, device): one kernel call."""
-    __slots__ = ("idx", "params", "states", "tensors", "step_tensors")
+    """Params of one group sharing (step count, mu_product, dtype, device): one kernel call.
 
-    def __init__(self):
-        self.idx, self.params, self.states, self.tensors, self.step_tensors = [], [], None, [], []
+    ``steps`` (and NAdam's ``mu``) hold the bucket's counts; each param's ``state['step']`` is
+    a 0-d view of it, so counting a step is one in-place add."""
+    __slots__ = ("idx", "params", "states", "t", "steps", "mu", "prod", "next_mu")
+
+    def __init__(self, t, prod):
+        self.idx, self.params, self.states = [], [], None
+        self.t, self.prod, self.steps, self.mu, self.next_mu = t, prod, None, None, None
+
+    def stale(self) -> bool:
+        """True when someone changed the counts in place since the plan was made."""
+        return ((self.steps is not None and bool(self.steps.ne(self.t).any()))
+                or (self.mu is not None and bool(self.mu.ne(self.prod).any())))
+
+    def advance(self):
+        self.t += 1
+        if self.steps is not None:
+            self.steps += 1.0
+        if self.mu is not None:
+            self.mu *= self.next_mu  # the op torch's NAdam applies, so the same rounding
+            self.prod = float(self.mu[0])
 
 
-class _Optimizer(torch.optim.Optimizer):
-    """Shared machinery; subclasses define ``_rule(group)`` and ``_scalars(group, t, scale)``."""
+class _Plan:
+    """A group's buckets, valid while its params, their storage and their state objects are
+    the ones it was made from (checked at every step by identity, cheaply)."""
+    __slots__ = ("present", "layout", "params", "ptrs", "entries", "held", "buckets")
 
-    def __init__(self, params, defaults, *, max_grad_norm=None, monitor=None, backend=None,
-                 semantics="torch", maximize=False, foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+    def valid(self, opt, params, present, layout) -> bool:
+        if present != self.present or layout != self.layout:
+            return False
+        state = opt.state
+        for i, p, (ptr, shape, dt), entry, held in zip(present, self.params, self.ptrs,
+                                                       self.entries, self.held):
+            if (params[i] is not p or p.data_ptr() != ptr or p.shape != shape
+                    or p.dtype is not dt or not p.is_contiguous() or state.get(p) is not entry):
+                return False
+            if entry is not None and any(entry.get(k) is not o for k, o in held):
+                return False
+        return not any(b.stale() for b in self.buckets)
+
+
+class _Fused(torch.optim.Optimizer):
+    """Shared machinery. A subclass names its torch class as a base and defines ``_rule``,
+    ``_tensors`` and ``_scalars``; its signature and defaults are derived from torch's."""
+
+    _counted = True  # keeps state['step'] (torch's SGD does not)
+    _mu = False      # keeps NAdam's state['mu_product']
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        base = next(c for c in cls.__mro__ if c.__module__.startswith("torch.optim")
+                    and c is not torch.optim.Optimizer)
+        cls._torch = base
+        cls._torch_signature = inspect.signature(base)
+        # torch's own defaults dict (AdamW adds decoupled_weight_decay=True to its arguments)
+        cls._torch_defaults = dict(base([torch.zeros(1, requires_grad=True)]).defaults)
+        own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+               for n, d in (("max_grad_norm", None), ("monitor", None), ("backend", None),
+                            ("semantics", "torch"))]
+        cls.__signature__ = cls._torch_signature.replace(
+            parameters=list(cls._torch_signature.parameters.values()) + own)
+
+    def __init__(self, params, *args, max_grad_norm=None, monitor=None, backend=None,
+                 semantics="torch", **kwargs):
+        bound = self._torch_signature.bind(params, *args, **kwargs)  # TypeError as in torch
+        given = {n: v for n, v in bound.arguments.items() if n != "params"}
+        opts = {n: given.get(n, p.default)
+                for n, p in self._torch_signature.parameters.items() if n != "params"}
         if semantics not in _SEMANTICS:
-            raise ValueError(f"semantics must be one of {_SEMANTICS}, got {semantics!r}")
-        _refuse(capturable, "capturable=True")
-        _refuse(differentiable, "differentiable=True")
-        if max_grad_norm is not None:
-            max_grad_norm = float(max_grad_norm)
-            if not max_grad_norm > 0 or not math.isfinite(max_grad_norm):
-                raise ValueError(f"max_grad_norm must be a positive finite number, "
-                                 f"got {max_grad_norm}")
-        if semantics == "fastopt" and maximize:
-            raise ValueError("maximize applies to semantics='torch'")
-        defaults = dict(defaults, maximize=bool(maximize))
+            raise ValueError(f"semantics must be one of {_SEMANTICS}, got {semantics!r}"[:200])
         self.semantics = semantics
+        h = {n: _option(n, v, n, self._torch_defaults.get(n)) for n, v in opts.items()}
+        if h.get("foreach") and h.get("fused"):
+            raise ValueError("foreach=True and fused=True cannot be combined (as in torch)")
+        self._check_combination(dict(self._torch_defaults, **h), "")
+        if max_grad_norm is not None:
+            max_grad_norm = real(max_grad_norm, "max_grad_norm", lo=0, lo_open=True)
+        if monitor is not None and not callable(getattr(monitor, "record", None)):
+            raise TypeError("monitor must be a fastopt.GradNormMonitor (or have a record "
+                            f"method), got {type(monitor).__name__}")
+        if backend is not None:
+            if backend not in ALL_BACKENDS:
+                raise ValueError(f"backend must be None or one of {', '.join(ALL_BACKENDS)}, "
+                                 f"got {backend!r}"[:200])
+            reason = _dispatch.unavailable_reason(backend)
+            if reason is not None:
+                raise ValueError(f"backend={backend!r} is not available: {reason}")
         self.max_grad_norm = max_grad_norm
         self.monitor = monitor
         self.backend = backend
         self.last_grad_norm = None
         self._cache = {}
-        super().__init__(params, defaults)
+        self._exclusive = Exclusive()
+        super().__init__(params, *args, **kwargs)
+        # torch's fused=True tells GradScaler that step() unscales the gradients itself; this
+        # step does not, so GradScaler must unscale them first, as for any other optimizer
+        self.__dict__.pop("_step_supports_amp_scaling", None)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _hyper(self, group, where) -> dict:
+        """The group's options, checked, as Python numbers and bools."""
+        h = {}
+        for name, default in self._torch_defaults.items():
+            if name not in group:
+                raise ValueError(f"{where} lacks {name!r}")
+            h[name] = _option(name, group[name], f"{where}[{name!r}]", default)
+        self._check_combination(h, where)
+        return h
+
+    def _check_combination(self, h, where):
+        if self.semantics == "fastopt" and h.get("maximize"):
+            raise ValueError(f"{where + '[' + repr('maximize') + ']' if where else 'maximize'}"
+                             "=True applies to semantics='torch'")
 
     # -- param groups and checkpoints -----------------------------------------------------------
     def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for i, p in enumerate(group["params"]):
-            _check_param(p, f"param group {len(self.param_groups) - 1}, param {i}")
-        self._check_group(group)
-        self._cache = {}
+        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+            super().add_param_group(param_group)
+            gi = len(self.param_groups) - 1
+            try:  # validated after torch has normalised it; a refused group is taken out again
+                group = self.param_groups[gi]
+                for i, p in enumerate(group["params"]):
+                    _check_param(p, f"param group {gi}, param {i}")
+                _check_disjoint(group["params"], f"param group {gi}")
+                self._hyper(group, f"param_groups[{gi}]")
+            except BaseException:
+                del self.param_groups[gi]
+                raise
+            self._cache = {}
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        for st in self.state.values():  # torch may keep the caller's tensors: own them
-            for key, val in st.items():
-                if torch.is_tensor(val):
-                    st[key] = val.detach().clone(memory_format=torch.contiguous_format)
-        self._cache = {}
+        """torch's ``load_state_dict`` (hooks included), with everything checked first: a
+        refused checkpoint raises and leaves the optimizer exactly as it was."""
+        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+            if not isinstance(state_dict, Mapping):
+                raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+            state_dict = dict(state_dict)
+            for hook in self._optimizer_load_state_dict_pre_hooks.values():
+                out = hook(self, state_dict)
+                if out is not None:
+                    state_dict = out
+            state, groups = self._loaded(state_dict)
+            self.state, self.param_groups = state, groups
+            self._cache = {}
+            for hook in self._optimizer_load_state_dict_post_hooks.values():
+                hook(self)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._cache = {}
+    def _loaded(self, sd):
+        """(state, param_groups) that loading ``sd`` gives, or an error; ``self`` untouched."""
+        if not isinstance(sd, Mapping) or "state" not in sd or "param_groups" not in sd:
+            raise ValueError("state_dict must have 'state' and 'param_groups' (from "
+                             "optimizer.state_dict())")
+        saved, saved_state = sd["param_groups"], sd["state"]
+        if not isinstance(saved, (list, tuple)) or not all(isinstance(g, Mapping)
+                                                           for g in saved):
+            raise TypeError("state_dict['param_groups'] must be a list of dicts")
+        if not isinstance(saved_state, Mapping):
+            raise TypeError("state_dict['state'] must be a dict")
+        if len(saved) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved)} param groups but the optimizer has "
+                             f"{len(self.param_groups)}")
+        id_map = {}
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved)):
+            ids = sg.get("params")
+            if not isinstance(ids, (list, tuple)):
+                raise TypeError(f"state_dict['param_groups'][{gi}]['params'] must be a list of "
+                                "param ids")
+            if len(ids) != len(g["params"]):
+                raise ValueError(f"state_dict['param_groups'][{gi}] has {len(ids)} params but "
+                                 f"param group {gi} has {len(g['params'])}")
+            for j, (k, p) in enumerate(zip(ids, g["params"])):
+                try:
+                    dup = k in id_map
+                except TypeError:
+                    raise TypeError(f"state_dict['param_groups'][{gi}]['params'][{j}] must be "
+                                    f"a param id, got {type(k).__name__}") from None
+                if dup or isinstance(k, bool):
+                    raise ValueError(f"state_dict['param_groups'][{gi}]['params'][{j}]: param "
+                                     f"id {k!r} is invalid or listed twice"[:200])
+                id_map[k] = (p, gi)
+        for k in saved_state:
+            try:
+                known = k in id_map
+            except TypeError:
+                known = False
+            if not known:
+                raise ValueError(f"state_dict['state'] has an entry for param id {k!r}, which "
+                                 "no param group lists (a checkpoint of another model?)"[:200])
+        groups = []
+        for g, sg in zip(self.param_groups, saved):
+            ng = copy.deepcopy({k: v for k, v in sg.items() if k != "params"})
+            ng["params"] = g["params"]
+            if "param_names" in g and "param_names" not in ng:
+                ng["param_names"] = g["param_names"]
+            groups.append(ng)
+        # torch's own __setstate__ gives older checkpoints the flags they lack, run here on a
+        # stand-in object so that this optimizer changes only once everything has passed
+        stand_in = object.__new__(type(self))
+        super(_Fused, stand_in).__setstate__({"defaults": dict(self.defaults), "state": {},
+                                              "param_groups": groups})
+        hypers = [self._hyper(g, f"state_dict['param_groups'][{gi}]")
+                  for gi, g in enumerate(groups)]
+        state = defaultdict(dict)
+        for k, entry in saved_state.items():
+            p, gi = id_map[k]
+            state[p] = self._loaded_entry(p, entry, hypers[gi], f"state_dict['state'][{k!r}]")
+        return state, groups
 
-    def _check_group(self, group):  # subclasses refuse options they cannot run
-        pass
-
-    # -- state ---------------------------------------------------------------------------------
-    def _state_names(self, group):
-        """(kernel state name, torch state key, initial value), in kernel argument order."""
-        raise NotImplementedError
-
-    def _state_dtype(self, p):
-        return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-
-    def _init_state(self, p, group):
-        st = self.state[p]
-        if "step" not in st:
-            st["step"] = torch.tensor(0.0, dtype=torch.float32)
-        for _, key, init in self._state_names(group):
-            if key not in st:
-                st[key] = torch.full_like(p, init, dtype=self._state_dtype(p),
-                                          memory_format=torch.contiguous_format)
-        return st
-
-    def _state_arrays(self, p, group):
-        st = self._init_state(p, group)
-        out = []
-        for _, key, _ in self._state_names(group):
-            s = st[key]
-            if (s.shape != p.shape or s.device != p.device or s.dtype != self._state_dtype(p)
-                    or not s.is_contiguous()):  # e.g. loaded from a checkpoint: fix it once
-                s = st[key] = s.detach().to(device=p.device,
-                                            dtype=self._state_dtype(p)).contiguous().clone()
-            out.append(_view(s))
+    def _loaded_entry(self, p, entry, h, where):
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
+        out = {}
+        if self._counted and entry:
+            if "step" not in entry:
+                raise ValueError(f"{where} lacks 'step'")
+            out["step"] = torch.tensor(float(_count(entry["step"], f"{where}['step']")),
+                                       dtype=_STEP_DTYPE)
+        for _, key, _, required in self._tensors(h):
+            val = entry.get(key)
+            if val is None:
+                out.pop(key, None)
+                if required and entry:
+                    raise ValueError(f"{where} lacks {key!r}")
+                continue
+            name = f"{where}[{key!r}]"
+            if not torch.is_tensor(val):
+                raise TypeError(f"{name} must be a tensor, got {type(val).__name__}")
+            if val.layout != torch.strided or not val.is_floating_point():
+                raise TypeError(f"{name} must be a dense floating-point tensor, got "
+                                f"{val.dtype} ({val.layout})")
+            if val.device.type not in ("cpu", "cuda"):
+                raise ValueError(f"{name} is on {val.device}, which holds no data to load")
+            if val.shape != p.shape:
+                raise ValueError(f"{name} has shape {tuple(val.shape)} but its param has "
+                                 f"{tuple(p.shape)}")
+            out[key] = torch.empty_like(p, dtype=_state_dtype(p),
+                                        memory_format=torch.contiguous_format).copy_(val)
+        if self._mu and entry:
+            if entry.get("mu_product") is None:  # fastopt.torch before 0.x kept no mu_product
+                mu = self._rebuilt_mu_product(int(out["step"]), h, where)
+            else:
+                mu = real(_value(entry["mu_product"], f"{where}['mu_product']"),
+                          f"{where}['mu_product']", lo=0, hi=1)
+            out["mu_product"] = torch.tensor(mu, dtype=_scalar_dtype())
+        for key, val in entry.items():  # keys this class does not use are kept, as torch does
+            if key not in out and val is not None:
+                out[key] = val.detach().clone() if torch.is_tensor(val) else copy.deepcopy(val)
         return out
 
-    # -- the cached per-group plan ---------------------------------------------------------------
-    def _plan(self, gi, group, present):
-        """Buckets for the params of ``group`` that have a gradient (indices ``present``).
+    def __getstate__(self):
+        state = super().__getstate__()  # torch keeps defaults, state and param_groups only
+        state["fastopt"] = {k: getattr(self, k, None) for k in
+                            ("semantics", "max_grad_norm", "monitor", "backend",
+                             "last_grad_norm")}
+        return state
 
-        Cached on the identity and data pointers of those params (and the group's state
-        layout); rebuilt only when one of them changes, so a steady training loop builds the
-        NumPy views once."""
+    def __setstate__(self, state):
+        state = dict(state)
+        own = state.pop("fastopt", None)
+        super().__setstate__(state)
+        if own is not None:
+            self.__dict__.update(own)
+        for k, v in (("semantics", "torch"), ("max_grad_norm", None), ("monitor", None),
+                     ("backend", None), ("last_grad_norm", None)):
+            self.__dict__.setdefault(k, v)  # a pickle of an older fastopt.torch
+        self._cache = {}
+        self._exclusive = Exclusive()
+
+    # -- state -----------------------------------------------------------------------------------
+    def _tensors(self, h):
+        """(kernel state name, torch state key, initial value, required in a non-empty state),
+        in kernel argument order."""
+        raise NotImplementedError
+
+    def _steps_taken(self, st) -> int:
+        return int(st["step"]) if self._counted and st else 0
+
+    def _check_state(self, p, h, where):
+        """The param's state fits the param (a param swapped under the optimizer does not)."""
+        st = self.state.get(p)
+        if not st:
+            return
+        if self._counted:
+            if not torch.is_tensor(st.get("step")):
+                raise ValueError(f"{where}: its state lacks a 'step' tensor")
+            _count(st["step"], f"{where}: state['step']")
+        for _, key, _, required in self._tensors(h):
+            s = st.get(key)
+            if s is None:
+                if required:
+                    raise ValueError(f"{where}: its state lacks {key!r}")
+                continue
+            if not torch.is_tensor(s) or s.layout != torch.strided:
+                raise TypeError(f"{where}: state[{key!r}] is not a dense tensor")
+            if s.shape != p.shape:
+                raise ValueError(f"{where}: the param has shape {tuple(p.shape)} but its "
+                                 f"state[{key!r}] has {tuple(s.shape)} (was the param's data "
+                                 "replaced? load a matching state or build a new optimizer)")
+            if s.dtype != _state_dtype(p) or s.device != p.device or not s.is_contiguous():
+                raise ValueError(f"{where}: state[{key!r}] is {s.dtype} on {s.device}"
+                                 f"{'' if s.is_contiguous() else ', not contiguous'}, but the "
+                                 f"param needs {_state_dtype(p)} on {p.device}")
+        if self._mu:
+            if not torch.is_tensor(st.get("mu_product")):
+                raise ValueError(f"{where}: its state lacks a 'mu_product' tensor")
+            real(_value(st["mu_product"], f"{where}: state['mu_product']"),
+                 f"{where}: state['mu_product']", lo=0, hi=1)
+
+    def _build_plan(self, gi, group, present, h, layout):
+        """Buckets for the params of ``group`` that have a gradient (indices ``present``);
+        new params get their state here. Everything was checked before."""
         params = group["params"]
-        key = (tuple(present), tuple(params[i].data_ptr() for i in present),
-               self._layout_key(group))
-        hit = self._cache.get(gi)
-        if hit is not None and hit[0] == key:
-            return hit[1]
         by = {}
+        plan = _Plan()
+        plan.present, plan.layout = present, layout
+        plan.params, plan.ptrs, plan.entries, plan.held = [], [], [], []
+        specs = self._tensors(h)
         for i in present:
             p = params[i]
-            _check_param(p, f"param group {gi}, param {i}")
-            st = self._init_state(p, group)
-            t = int(st["step"].item())
-            b = by.setdefault((t, p.dtype, str(p.device)), _Bucket())
+            st = self.state.get(p)
+            if specs or self._counted:
+                st = self.state[p]
+                t = self._steps_taken(st)
+                if self._counted and "step" not in st:
+                    st["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
+                if self._mu and "mu_product" not in st:
+                    st["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
+                for _, key, init, _ in specs:
+                    if st.get(key) is None:
+                        st[key] = torch.full_like(p, init, dtype=_state_dtype(p),
+                                                  memory_format=torch.contiguous_format)
+            else:
+                t = 0
+            prod = float(st["mu_product"]) if self._mu else None
+            b = by.get((t, prod, p.dtype, p.device))
+            if b is None:
+                b = by[(t, prod, p.dtype, p.device)] = _Bucket(t, prod)
+                b.states = [[] for _ in specs]
             b.idx.append(i)
-            b.tensors.append(p)
             b.params.append(_view(p))
-            arrays = self._state_arrays(p, group)
-            b.states = [[] for _ in arrays] if b.states is None else b.states
-            for lst, a in zip(b.states, arrays):
-                lst.append(a)
-        buckets = []
-        for (t, _, _), b in by.items():
-            # one float32 tensor holds the bucket's step counts; each param's state['step'] is
-            # a 0-d view of it, so counting a step is one in-place add
-            steps = torch.full((len(b.idx),), float(t), dtype=torch.float32)
-            for j, p in enumerate(b.tensors):
-                self.state[p]["step"] = steps[j]
-            b.step_tensors = steps
-            buckets.append((t, b))
-        self._cache[gi] = (key, buckets)
-        return buckets
-
-    def _layout_key(self, group):
-        return tuple(key for _, key, _ in self._state_names(group))
+            for lst, (_, key, _, _) in zip(b.states, specs):
+                lst.append(_view(st[key]))
+        buckets = list(by.values())
+        for b in buckets:
+            tensors = [params[i] for i in b.idx]
+            if self._counted:
+                b.steps = torch.full((len(b.idx),), float(b.t), dtype=_STEP_DTYPE)
+                for j, p in enumerate(tensors):
+                    self.state[p]["step"] = b.steps[j]
+            if self._mu:
+                b.mu = torch.full((len(b.idx),), b.prod, dtype=_scalar_dtype())
+                b.prod = float(b.mu[0])  # the value as stored, which the staleness check reads
+                for j, p in enumerate(tensors):
+                    self.state[p]["mu_product"] = b.mu[j]
+        keys = (("step",) if self._counted else ()) + (("mu_product",) if self._mu else ()) \
+            + tuple(key for _, key, _, _ in specs)
+        for i in present:
+            p = params[i]
+            entry = self.state.get(p)
+            plan.params.append(p)
+            plan.ptrs.append((p.data_ptr(), p.shape, p.dtype))
+            plan.entries.append(entry)
+            plan.held.append(() if entry is None else tuple((k, entry.get(k)) for k in keys))
+        plan.buckets = buckets
+        self._cache[gi] = plan
+        return plan
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -209,55 +606,82 @@ class _Optimizer(torch.optim.Optimizer):
         """One update of every parameter that has a gradient.
 
         Returns the closure's loss when a closure is given, else the unclipped global gradient
-        norm when ``max_grad_norm`` or ``monitor`` is set, else None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            params = group["params"]
-            present = [i for i, p in enumerate(params) if p.grad is not None]
-            if not present:
-                continue
-            grads = []  # views of this step's gradients: not cached, since caching them
-            for i in present:  # would pin tensors that zero_grad(set_to_none) lets go
-                g = params[i].grad
-                if g.layout != torch.strided:
-                    raise ValueError(f"param group {gi}, param {i}: sparse gradients are not "
-                                     "supported")
-                if g.dtype != params[i].dtype or not g.is_contiguous():
-                    g = g.to(params[i].dtype).contiguous()
-                grads.append(g if g.is_cuda else
-                             (g.detach() if g.requires_grad else g).numpy())
-            work.append((gi, group, present, grads))
-        norm, scale, clipped = None, 1.0, False
-        if self.max_grad_norm is not None or self.monitor is not None:
-            from .norm import global_norm  # one read pass over every group's gradients
+        norm when ``max_grad_norm`` or ``monitor`` is set, else None. Everything is checked
+        before anything is written."""
+        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            work = []
+            for gi, group in enumerate(self.param_groups):
+                where = f"param_groups[{gi}]"
+                h = self._hyper(group, where)
+                params = group["params"]
+                present = tuple(i for i, p in enumerate(params) if p.grad is not None)
+                if not present:
+                    continue
+                layout = tuple(key for _, key, _, _ in self._tensors(h))
+                plan = self._cache.get(gi)
+                if plan is None or not plan.valid(self, params, present, layout):
+                    plan = None
+                    for i in present:
+                        _check_param(params[i], f"param group {gi}, param {i}")
+                        self._check_state(params[i], h, f"param group {gi}, param {i}")
+                    _check_disjoint([params[i] for i in present], f"param group {gi}")
+                grads = [self._grad(params[i], gi, i) for i in present]
+                # a backend that cannot run some of them must fail before anything is written
+                firsts = [b.params[0] for b in plan.buckets] if plan is not None else \
+                    [_view(params[i]) for i in present]
+                for kind in {(not isinstance(a, np.ndarray), dtype_of(a)) for a in firsts}:
+                    _dispatch.resolve(f"optim.{self._rule(h)}", self.backend, device=kind[0],
+                                      dtype=kind[1])
+                work.append((gi, group, present, h, layout, plan, grads))
+            # nothing has been written so far; from here on nothing can be refused
+            norm, scale, clipped = None, 1.0, False
+            if self.max_grad_norm is not None or self.monitor is not None:
+                from .norm import global_norm  # one read pass over every group's gradients
 
-            all_grads = [g for _, _, _, gs in work for g in gs]
-            norm = global_norm(all_grads, backend=self._norm_backend(all_grads)) if all_grads \
-                else 0.0
-            if (self.max_grad_norm is not None and math.isfinite(norm)
-                    and norm > self.max_grad_norm):
-                scale, clipped = self.max_grad_norm / norm, True
-        for gi, group, present, grads in work:
-            buckets = self._plan(gi, group, present)
-            for t, b in buckets:
-                k = self._scalars(group, t, scale)
-                if len(b.idx) == len(present):
-                    bg = grads
-                else:
-                    pos = {i: j for j, i in enumerate(present)}
-                    bg = [grads[pos[i]] for i in b.idx]
-                F.run(self._rule(group), b.params, bg, b.states, k, self.backend)
-                b.step_tensors += 1.0
-            # the counts moved together, so the cached plan stays valid for the next step
-            self._cache[gi] = (self._cache[gi][0], [(t + 1, b) for t, b in buckets])
-        self.last_grad_norm = norm
-        if self.monitor is not None and norm is not None:
-            self.monitor.record(norm, clipped=clipped, threshold=self.max_grad_norm)
-        return loss if closure is not None else norm
+                all_grads = [g for *_, gs in work for g in gs]
+                norm = global_norm(all_grads, backend=self._norm_backend(all_grads)) \
+                    if all_grads else 0.0
+                if (self.max_grad_norm is not None and math.isfinite(norm)
+                        and norm > self.max_grad_norm):
+                    scale, clipped = self.max_grad_norm / norm, True
+            runs = []
+            for gi, group, present, h, layout, plan, grads in work:
+                if plan is None:
+                    plan = self._build_plan(gi, group, present, h, layout)
+                rule = self._rule(h)
+                pos = {i: j for j, i in enumerate(present)}
+                for b in plan.buckets:
+                    bg = grads if len(b.idx) == len(present) else [grads[pos[i]] for i in b.idx]
+                    runs.append((rule, b, bg, self._scalars(h, b, scale)))
+            for rule, b, bg, k in runs:
+                F.run(rule, b.params, bg, b.states, k, self.backend)
+                b.advance()
+            self.last_grad_norm = norm
+            if self.monitor is not None and norm is not None:
+                self.monitor.record(norm, clipped=clipped, threshold=self.max_grad_norm)
+            return loss if closure is not None else norm
+
+    @staticmethod
+    def _grad(p, gi, i):
+        """The gradient as the kernel reads it (a view, or a converted copy: it is only read)."""
+        g = p.grad
+        where = f"param group {gi}, param {i}"
+        if not torch.is_tensor(g) or g.layout != torch.strided:
+            raise ValueError(f"{where}: sparse gradients are not supported")
+        if g.shape != p.shape:
+            raise ValueError(f"{where}: its grad has shape {tuple(g.shape)} but the param has "
+                             f"{tuple(p.shape)}")
+        if g.device != p.device:
+            raise ValueError(f"{where}: its grad is on {g.device} but the param on {p.device}")
+        if g.dtype != p.dtype or not g.is_contiguous():
+            if not g.is_floating_point():
+                raise TypeError(f"{where}: its grad has dtype {g.dtype}")
+            g = g.to(p.dtype).contiguous()
+        return _view(g)
 
     def _norm_backend(self, arrays):
         if self.backend is None or not arrays:
@@ -267,186 +691,141 @@ class _Optimizer(torch.optim.Optimizer):
         return self.backend if device != cpu else None
 
     # -- per-rule pieces -------------------------------------------------------------------------
-    def _rule(self, group) -> str:
+    def _rule(self, h) -> str:
         raise NotImplementedError
 
-    def _scalars(self, group, t, scale) -> Scalars:
+    def _scalars(self, h, b: _Bucket, scale) -> Scalars:
         raise NotImplementedError
 
-    def _gscale(self, group, scale):
-        return -scale if group["maximize"] else scale
+    @staticmethod
+    def _gscale(h, scale):
+        return -scale if h["maximize"] else scale
 
 
-def _betas(betas):
-    b1, b2 = (float(b) for b in betas)
-    for name, b in (("betas[0]", b1), ("betas[1]", b2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {b}")
-    return b1, b2
+class Adam(_Fused, torch.optim.Adam):
+    """torch.optim.Adam on fastopt's kernels (coupled L2 decay; decoupled_weight_decay=True
+    is AdamW)."""
+
+    def _rule(self, h):
+        return "adamw" if h["decoupled_weight_decay"] else "adam"
+
+    def _tensors(self, h):
+        return (("m", "exp_avg", 0.0, True), ("v", "exp_avg_sq", 0.0, True))
+
+    def _scalars(self, h, b, scale):
+        b1, b2 = h["betas"]
+        return F.scalars(self._rule(h), lr=h["lr"], step=b.t,
+                         grad_scale=self._gscale(h, scale), weight_decay=h["weight_decay"],
+                         beta1=b1, beta2=b2, eps=h["eps"], torch_compat=self.semantics == "torch")
 
 
-def _nonneg(value, name):
-    value = float(value)
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+class AdamW(Adam, torch.optim.AdamW):
+    """torch.optim.AdamW on fastopt's kernels (decoupled weight decay, default 1e-2)."""
 
 
-class _AdamBase(_Optimizer):
-    _decoupled = False
+class SGD(_Fused, torch.optim.SGD):
+    """torch.optim.SGD: plain, heavy-ball momentum (with dampening) or Nesterov.
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, **kw):
-        _refuse(amsgrad, "amsgrad=True")
-        defaults = dict(lr=_nonneg(lr, "lr"), betas=_betas(betas), eps=_nonneg(eps, "eps"),
-                        weight_decay=_nonneg(weight_decay, "weight_decay"), amsgrad=False)
-        super().__init__(params, defaults, **kw)
+    Its state is torch's: a ``momentum_buffer`` per param once it has taken a step with
+    momentum, no step count; a buffer present means the first (undamped) step is done."""
 
-    def _state_names(self, group):
-        return (("m", "exp_avg", 0.0), ("v", "exp_avg_sq", 0.0))
+    _counted = False
 
-    def _rule(self, group):
-        return "adamw" if self._decoupled else "adam"
+    def _check_combination(self, h, where):
+        super()._check_combination(h, where)
+        at = f"{where}: " if where else ""
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError(f"{at}Nesterov momentum requires a momentum and zero dampening")
+        if self.semantics == "fastopt" and h["dampening"] != 0:
+            raise ValueError(f"{at}dampening applies to semantics='torch' (the source "
+                             "document's momentum has none)")
 
-    def _scalars(self, group, t, scale):
-        b1, b2 = group["betas"]
-        return F.scalars(self._rule(group), lr=float(group["lr"]), step=t,
-                         grad_scale=self._gscale(group, scale),
-                         weight_decay=float(group["weight_decay"]), beta1=b1, beta2=b2,
-                         eps=float(group["eps"]), torch_compat=self.semantics == "torch")
+    def _steps_taken(self, st):
+        return int(st.get("momentum_buffer") is not None) if st else 0
 
-    def _check_group(self, group):
-        _refuse(group.get("amsgrad"), "amsgrad=True")
-
-
-class Adam(_AdamBase):
-    """torch.optim.Adam's update (coupled L2 weight decay), on fastopt's kernels."""
-
-
-class AdamW(_AdamBase):
-    """torch.optim.AdamW's update (decoupled weight decay, default 1e-2)."""
-    _decoupled = True
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, **kw):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kw)
-
-
-class SGD(_Optimizer):
-    """torch.optim.SGD: plain, heavy-ball momentum (with dampening) or Nesterov."""
-
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, **kw):
-        defaults = dict(lr=_nonneg(lr, "lr"), momentum=_nonneg(momentum, "momentum"),
-                        dampening=_nonneg(dampening, "dampening"),
-                        weight_decay=_nonneg(weight_decay, "weight_decay"),
-                        nesterov=bool(nesterov))
-        super().__init__(params, defaults, **kw)
-
-    def _check_group(self, group):
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        if self.semantics == "fastopt" and group["dampening"] != 0:
-            raise ValueError("dampening applies to semantics='torch' (the source document's "
-                             "momentum has none)")
-
-    def _rule(self, group):
-        if group["momentum"] == 0:
+    def _rule(self, h):
+        if h["momentum"] == 0:
             return "sgd"
-        return "nesterov" if group["nesterov"] else "momentum"
+        return "nesterov" if h["nesterov"] else "momentum"
 
-    def _state_names(self, group):
-        return () if group["momentum"] == 0 else (("v", "momentum_buffer", 0.0),)
+    def _tensors(self, h):
+        return () if h["momentum"] == 0 else (("v", "momentum_buffer", 0.0, False),)
 
-    def _scalars(self, group, t, scale):
-        lr, wd = float(group["lr"]), float(group["weight_decay"])
-        s = self._gscale(group, scale)
-        d = float(group["dampening"])
-        if d and t > 0:  # PyTorch: buf <- mu buf + (1 - d) g, after a first buf = g
+    def _scalars(self, h, b, scale):
+        lr, wd, d = h["lr"], h["weight_decay"], h["dampening"]
+        s = self._gscale(h, scale)
+        if d and b.t > 0 and h["momentum"] != 0:  # torch: buf <- mu buf + (1 - d) g after buf = g
             s, wd = s * (1.0 - d), wd * (1.0 - d)
-        return F.scalars(self._rule(group), lr=lr, step=t, grad_scale=s, weight_decay=wd,
-                         momentum=float(group["momentum"]))
+        return F.scalars(self._rule(h), lr=lr, step=min(b.t, 1), grad_scale=s,
+                         weight_decay=wd, momentum=h["momentum"])
 
 
-class RMSprop(_Optimizer):
+class RMSprop(_Fused, torch.optim.RMSprop):
     """torch.optim.RMSprop (v from 0, eps outside the root, lr outside the momentum buffer).
 
     ``semantics="fastopt"``: the source document's RMSProp (v from 1, m <- gamma m +
     lr g / sqrt(v + eps), theta <- theta - m), ``alpha`` being its rho."""
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, **kw):
-        _refuse(centered, "centered=True (RMSprop)")
-        a = float(alpha)
-        if not 0.0 <= a < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {a}")
-        defaults = dict(lr=_nonneg(lr, "lr"), alpha=a, eps=_nonneg(eps, "eps"),
-                        weight_decay=_nonneg(weight_decay, "weight_decay"),
-                        momentum=_nonneg(momentum, "momentum"), centered=False)
-        super().__init__(params, defaults, **kw)
-
-    def _check_group(self, group):
-        _refuse(group.get("centered"), "centered=True (RMSprop)")
-
-    def _rule(self, group):
+    def _rule(self, h):
         return "rmsprop"
 
-    def _state_names(self, group):
+    def _tensors(self, h):
         v0 = dict(OPTIM_STATE["rmsprop"])["v"] if self.semantics == "fastopt" else 0.0
-        return (("v", "square_avg", v0), ("m", "momentum_buffer", 0.0))
+        # the kernel always updates m; torch has no buffer without momentum, so it is optional
+        return (("v", "square_avg", v0, True), ("m", "momentum_buffer", 0.0, False))
 
-    def _scalars(self, group, t, scale):
-        lr, eps = float(group["lr"]), float(group["eps"])
-        k = F.scalars("rmsprop", lr=lr, step=t, grad_scale=self._gscale(group, scale),
-                      weight_decay=float(group["weight_decay"]),
-                      momentum=float(group["momentum"]), rho=float(group["alpha"]), eps=eps)
+    def _scalars(self, h, b, scale):
+        lr, eps = h["lr"], h["eps"]
+        k = F.scalars("rmsprop", lr=lr, step=b.t, grad_scale=self._gscale(h, scale),
+                      weight_decay=h["weight_decay"], momentum=h["momentum"], rho=h["alpha"],
+                      eps=eps)
         if self.semantics == "torch":
             k = k._replace(lr=1.0, eps=0.0, eps_out=eps, lr_out=lr)
         return k
 
 
-class NAdam(_Optimizer):
-    """torch.optim.NAdam, with its momentum-decay schedule mu_t = b1 (1 - 0.96^(t psi) / 2).
+class NAdam(_Fused, torch.optim.NAdam):
+    """torch.optim.NAdam, with its momentum-decay schedule mu_t = b1 (1 - 0.96^(t psi) / 2)
+    and the product of the mu_t kept in ``state['mu_product']`` as torch keeps it.
 
     ``semantics="fastopt"``: the source document's NAdam (constant b1 in the look-ahead)."""
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, *, decoupled_weight_decay=False, **kw):
-        defaults = dict(lr=_nonneg(lr, "lr"), betas=_betas(betas), eps=_nonneg(eps, "eps"),
-                        weight_decay=_nonneg(weight_decay, "weight_decay"),
-                        momentum_decay=_nonneg(momentum_decay, "momentum_decay"),
-                        decoupled_weight_decay=bool(decoupled_weight_decay))
-        self._mu_products = {}
-        super().__init__(params, defaults, **kw)
+    _mu = True
 
-    def _state_names(self, group):
-        return (("m", "exp_avg", 0.0), ("v", "exp_avg_sq", 0.0))
-
-    def _rule(self, group):
+    def _rule(self, h):
         return "nadam"
 
-    def _mu_product(self, b1, psi, n):
-        """prod_{i=1..n} mu_i in float64, memoised per (b1, psi)."""
-        prods = self._mu_products.setdefault((b1, psi), [1.0])
-        while len(prods) <= n:
-            i = len(prods)
-            prods.append(prods[-1] * b1 * (1.0 - 0.5 * 0.96 ** (i * psi)))
-        return prods[n]
+    def _tensors(self, h):
+        return (("m", "exp_avg", 0.0, True), ("v", "exp_avg_sq", 0.0, True))
 
-    def _scalars(self, group, t, scale):
-        b1, b2 = group["betas"]
-        lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
-        s = self._gscale(group, scale)
-        if self.semantics == "fastopt":
-            return F.scalars("nadam", lr=lr, step=t, grad_scale=s, weight_decay=wd, beta1=b1,
-                             beta2=b2, eps=eps)
-        psi, n = float(group["momentum_decay"]), t + 1
-        mu = b1 * (1.0 - 0.5 * 0.96 ** (n * psi))
-        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((n + 1) * psi))
-        prod = self._mu_product(b1, psi, n)
+    @staticmethod
+    def _mu_at(b1, psi, n):
+        return b1 * (1.0 - 0.5 * 0.96 ** (n * psi))
+
+    def _rebuilt_mu_product(self, t, h, where):
+        """prod_{i<=t} mu_i for a checkpoint without it, assuming its betas never changed."""
+        if t > 1 << 20:
+            raise ValueError(f"{where} lacks 'mu_product' and has too many steps ({t}) to "
+                             "rebuild it")
+        i = np.arange(1, t + 1, dtype=np.float64)
+        return float(np.prod(self._mu_at(h["betas"][0], h["momentum_decay"], i)))
+
+    def _scalars(self, h, b, scale):
+        b1, b2 = h["betas"]
+        lr, wd, eps = h["lr"], h["weight_decay"], h["eps"]
+        s = self._gscale(h, scale)
+        psi, n = h["momentum_decay"], b.t + 1
+        mu = self._mu_at(b1, psi, n)
+        b.next_mu = mu
         decay = 1.0
-        if group["decoupled_weight_decay"]:
+        if h["decoupled_weight_decay"]:
             wd, decay = 0.0, 1.0 - lr * wd
+        if self.semantics == "fastopt":
+            k = F.scalars("nadam", lr=lr, step=b.t, grad_scale=s, weight_decay=wd, beta1=b1,
+                          beta2=b2, eps=eps)
+            return k._replace(decay=decay)
+        prod = float(b.mu[:1] * mu)  # torch's mu_product after this step, rounded as torch's
+        mu_next = self._mu_at(b1, psi, n + 1)
         # theta <- decay theta - (nm m + ng g) / (sqrt(v) / c + eps)
         return Scalars(lr=lr, wd=wd, gscale=s, momentum=0.0, rho=0.9, beta1=b1, beta2=b2,
                        eps=eps, alpha=1.0, c=math.sqrt(1.0 - b2 ** n), decay=decay,

@@ -71,7 +71,11 @@ def test_trajectory_matches_torch(name, kw):
             # state can be large (RMSprop's buffer ~ g / sqrt(v)): tolerance relative to it
             torch.testing.assert_close(opt.state[pb][key], val, rtol=2e-3,
                                        atol=1e-5 * (1.0 + float(val.abs().max())))
-    assert float(opt.state[pb]["step"]) == STEPS
+    # the same state keys as torch's (RMSprop keeps a momentum buffer torch has only with
+    # momentum), and the same step count where torch keeps one (its SGD does not)
+    assert set(ref.state[pa]) <= set(opt.state[pb]) <= set(ref.state[pa]) | {"momentum_buffer"}
+    if "step" in ref.state[pa]:
+        assert float(opt.state[pb]["step"]) == float(ref.state[pa]["step"]) == STEPS
 
 
 def test_float64_matches_torch():
@@ -91,7 +95,7 @@ def test_updates_in_place_without_copies():
     opt = ft.Adam(m.parameters(), lr=1e-2)
     train_step(m, opt)
     assert p.data_ptr() == ptr and not torch.equal(p, before)
-    assert opt.state[p]["exp_avg"].data_ptr() == opt._cache[0][1][0][1].states[0][0].ctypes.data
+    assert opt.state[p]["exp_avg"].data_ptr() == opt._cache[0].buckets[0].states[0][0].ctypes.data
 
 
 def test_param_groups():
@@ -148,7 +152,8 @@ def test_state_dict_round_trip(name, kw):
         train_step(c, oc)
     for p, q in zip(a.parameters(), c.parameters()):
         assert torch.equal(p, q)
-    assert float(oc.state[next(iter(c.parameters()))]["step"]) == 15
+    if name != "SGD":  # torch's SGD (and so ours) keeps no step count
+        assert float(oc.state[next(iter(c.parameters()))]["step"]) == 15
 
 
 def test_torch_state_dict_loads_into_fastopt():
