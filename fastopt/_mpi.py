@@ -62,6 +62,22 @@ def agree(comm, error: BaseException | None, what: str) -> None:
         raise _remote(int(out[0]), what)
 
 
+def share(comm, error: BaseException | None, row, what: str) -> np.ndarray:
+    """Collective: every rank's int64 ``row`` (the same length on every rank), as a
+    (world size, len(row)) table, with a failure flag in the same message. A failed rank
+    re-raises its ``error``, the others raise :class:`RemoteError`, as in :func:`agree`."""
+    load()
+    mine = np.concatenate([[0 if error is None else 1], np.asarray(row, np.int64)])
+    table = np.zeros((comm.Get_size(), mine.size), np.int64)
+    comm.Allgather(mine, table)
+    if error is not None:
+        raise error
+    failed = int(table[:, 0].sum())
+    if failed:
+        raise _remote(failed, what)
+    return table[:, 1:]
+
+
 def allreduce_sum(comm, value: float, *, failed: bool = False, what: str = "") -> float:
     """Collective: the float64 sum of ``value`` over ranks (NaN and inf propagate), with a
     failure flag in the same message. A rank passing ``failed=True`` gets None back and must

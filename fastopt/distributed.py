@@ -38,13 +38,15 @@ a different world size (or another rank's file) is refused; re-sharding is not s
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 
 from . import _mpi, optim
 from ._registry import F32, F64
-from ._validate import as_list, check_like, is_device_array
+from ._validate import as_list, check_like, integer, is_device_array
+from .monitor import COUNT_MAX, AutoClip, StateFields
 
 __all__ = ["ALIGN", "FlatParams", "flatten", "shard_bounds", "ShardedOptimizer"]
 
@@ -73,8 +75,23 @@ class FlatParams:
     __slots__ = ("buffer", "views", "offsets")
 
     def __init__(self, buffer: np.ndarray, shapes):
+        if not isinstance(buffer, np.ndarray) or isinstance(buffer, np.ma.MaskedArray):
+            raise TypeError(f"buffer must be a numpy.ndarray, got {type(buffer).__name__}")
+        if buffer.dtype not in (F32, F64):
+            raise TypeError(f"buffer has dtype {buffer.dtype}; supported: float32, float64")
+        if buffer.ndim != 1 or not buffer.flags.c_contiguous:
+            raise ValueError("buffer must be a 1-D C-contiguous array (the views are into it)")
+        if not isinstance(shapes, (list, tuple)) or not all(isinstance(t, (list, tuple))
+                                                            for t in shapes):
+            raise TypeError("shapes must be a list or tuple of shapes (tuples of ints)")
+        shapes = [tuple(integer(d, f"shapes[{i}]", lo=0) for d in t)
+                  for i, t in enumerate(shapes)]
+        sizes = [math.prod(t) for t in shapes]  # Python ints: no overflow
+        if sum(sizes) != buffer.size:
+            # elements outside every view would be updated with whatever gradient memory holds
+            raise ValueError(f"shapes cover {sum(sizes)} elements but buffer has {buffer.size}: "
+                             "the views must cover the buffer exactly")
         self.buffer = buffer
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         self.views = [buffer[a:b].reshape(s) for a, b, s in
                       zip(self.offsets[:-1], self.offsets[1:], shapes)]
@@ -105,6 +122,9 @@ def _host_float_arrays(arrays, name, dtype=None):
                             "host (NumPy) arrays")
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+        if isinstance(a, np.ma.MaskedArray):  # copying the data would drop the mask silently
+            raise TypeError(f"{name}[{i}] is a masked array; pass numpy.ma.filled(x, 0) or "
+                            "x.data")
         if a.dtype not in (F32, F64):
             raise TypeError(f"{name}[{i}] has dtype {a.dtype}; supported: float32, float64")
     dts = {a.dtype for a in arrays}
@@ -129,9 +149,13 @@ def flatten(arrays, *, dtype=None) -> FlatParams:
     arrays = _host_float_arrays(arrays, "arrays", dtype)
     if dtype is None:
         dtype = arrays[0].dtype if arrays else F32
+    try:
+        ok = np.dtype(dtype) in (F32, F64)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     dtype = np.dtype(dtype)
-    if dtype not in (F32, F64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     flat = FlatParams(_aligned_empty(sum(a.size for a in arrays), dtype),
                       [a.shape for a in arrays])
     for v, a in zip(flat.views, arrays):
@@ -146,11 +170,15 @@ def shard_bounds(numel: int, world_size: int, itemsize: int = 4) -> np.ndarray:
     every shard starts on a 64-byte boundary of an aligned buffer and shards differ in length by
     less than 64 bytes plus the tail (a rank may own nothing when numel is tiny).
     """
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    a = max(1, ALIGN // itemsize)
+    numel = integer(numel, "numel", lo=0, hi=COUNT_MAX)
+    world_size = integer(world_size, "world_size", lo=1, hi=2**31 - 1)  # MPI ranks are C ints
+    itemsize = integer(itemsize, "itemsize", lo=1, hi=ALIGN)
+    if ALIGN % itemsize:
+        raise ValueError(f"itemsize must divide {ALIGN} (an element's bytes), got {itemsize}")
+    a = ALIGN // itemsize
     r = np.arange(world_size + 1, dtype=np.int64)
-    b = (r * numel // world_size) // a * a
+    q, m = divmod(numel, world_size)
+    b = (r * q + r * m // world_size) // a * a  # r numel / P, exactly, without int64 overflow
     b[-1] = numel
     return b
 
@@ -201,7 +229,11 @@ class ShardedOptimizer:
 
     Construction and ``step``/``load_state_dict`` are collective. Bad input on any rank
     (different parameter shapes across ranks, a wrong gradient) raises on every rank: the rank
-    at fault its own error, the others a ``ValueError`` that says another rank failed.
+    at fault its own error, the others a ``ValueError`` that says another rank failed. The
+    ranks must also agree on the optimizer, its hyperparameters, ``average``, ``reduction``,
+    ``nonfinite`` and ``max_grad_norm``, and on whether a step takes the norm (settings that
+    differed would make the ranks disagree about the update, or wait in different collectives
+    for ever); a ``monitor`` on some ranks only is fine unless it alone decides that.
     """
 
     def __init__(self, params, optimizer, comm, *, average=True, reduction="mpi", **kwargs):
@@ -212,6 +244,7 @@ class ShardedOptimizer:
         MPI = _mpi.load()
         self.rank, self.world_size = comm.Get_rank(), comm.Get_size()
         error, info = None, np.zeros(5, np.int64)
+        self._grad_flat = self._recv = None
         try:
             cls = _optimizer_class(optimizer)
             for key in ("comm", "params"):
@@ -221,6 +254,9 @@ class ShardedOptimizer:
             if not isinstance(average, (bool, np.bool_)):
                 raise TypeError(f"average must be a bool, got {type(average).__name__}")
             self.average = bool(average)
+            if not isinstance(reduction, str):
+                raise TypeError(f"reduction must be 'mpi' or 'ordered', got "
+                                f"{type(reduction).__name__}")
             if reduction not in ("mpi", "ordered"):
                 raise ValueError(f"reduction must be 'mpi' or 'ordered', got {reduction!r}")
             self.reduction = reduction
@@ -238,26 +274,38 @@ class ShardedOptimizer:
             self._mpi_type = MPI.FLOAT if buf.dtype == F32 else MPI.DOUBLE
             self._counts = np.diff(self.bounds)
             self._grad_shard = _aligned_empty(hi - lo, buf.dtype)
-            self._grad_flat = None  # allocated on the first step with a list of gradients
-            self._recv = None  # reduction="ordered": every rank's slice of this rank's shard
-            info[:] = (1, buf.size, buf.itemsize, len(self.flat), _shape_crc(self.flat.shapes))
+            # self._grad_flat: allocated on the first step with a list of gradients;
+            # self._recv (reduction="ordered"): every rank's slice of this rank's shard
+            info[:] = (buf.size, buf.itemsize, len(self.flat), _shape_crc(self.flat.shapes),
+                       self._settings_crc())
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             error = e
-        # One message settles both: did every rank succeed, and do they hold the same layout?
-        every = np.zeros((self.world_size, 5), np.int64)
-        comm.Allgather(info, every)
-        if error is not None:
-            raise error
-        if not every[:, 0].all():
-            raise _mpi.RemoteError(f"ShardedOptimizer: {int((every[:, 0] == 0).sum())} other "
-                                   "rank(s) of the communicator rejected their input (their own "
-                                   "error says why)")
-        if (every[:, 1:] != every[0, 1:]).any():
+        # One message settles all: did every rank succeed, do they hold the same layout, and
+        # the same settings?
+        every = _mpi.share(comm, error, info, "ShardedOptimizer")
+        if (every[:, :4] != every[0, :4]).any():
             desc = "; ".join(f"rank {r}: {n} elements of {s} bytes in {k} arrays"
-                             + (" (other shapes)" if c != every[0, 4] else "")
-                             for r, (_, n, s, k, c) in enumerate(every))
+                             + (" (other shapes)" if c != every[0, 3] else "")
+                             for r, (n, s, k, c, _) in enumerate(every))
             raise ValueError(f"params differ across ranks; every rank must pass the same "
                              f"parameter shapes and dtype ({desc})")
+        if (every[:, 4] != every[0, 4]).any():
+            odd = np.flatnonzero(every[:, 4] != every[0, 4]).tolist()
+            raise ValueError(f"ShardedOptimizer settings differ across ranks: rank(s) {odd} "
+                             "differ from rank 0 in the optimizer, its hyperparameters, "
+                             "average, reduction, nonfinite, max_grad_norm or whether a step "
+                             "takes the norm; every rank must pass the same")
+
+    def _settings_crc(self) -> int:
+        """What every rank must agree on, as one number (the lr schedule, a callable, is left
+        out: it has no comparable form)."""
+        o, m = self.optimizer, self.optimizer.max_grad_norm
+        clip = m if m is None or isinstance(m, float) else \
+            type(m).__qualname__ + (repr(m) if isinstance(m, AutoClip) else "")
+        takes_norm = o.nonfinite != "ignore" or o.monitor is not None or isinstance(m, float)
+        text = repr((type(o).__qualname__, sorted(o.hyper.items()), self.average,
+                     self.reduction, o.nonfinite, clip, takes_norm))
+        return zlib.crc32(text.encode())
 
     # -- the public view ----------------------------------------------------------------------
     @property
@@ -278,6 +326,8 @@ class ShardedOptimizer:
         """Bytes this rank sends per step with a ring algorithm's schedule (a lower bound for
         any algorithm): (P-1)/P of the flat buffer for the reduce-scatter (not with
         ``sharded=True``), the same for the all-gather, and the norm's 16-byte all-reduce."""
+        if not isinstance(sharded, (bool, np.bool_)):
+            raise TypeError(f"sharded must be a bool, got {type(sharded).__name__}")
         p, n = self.world_size, self.flat.buffer.nbytes
         if p == 1:
             return 0
@@ -289,6 +339,9 @@ class ShardedOptimizer:
         """The flat send buffer for full gradients (no copy for a flat array or a FlatParams)."""
         buf = self.flat.buffer
         if isinstance(grads, FlatParams):
+            if grads.shapes != self.flat.shapes:  # same size, other order: the wrong gradients
+                raise ValueError(f"grads (a FlatParams) has shapes {grads.shapes} but params "
+                                 f"have {self.flat.shapes}")
             grads = grads.buffer
         if isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.size == buf.size:
             check_like([buf], "params (flat)", [grads], "grads")
@@ -337,6 +390,10 @@ class ShardedOptimizer:
                 send = self._full_grads(grads)
                 g = self._grad_shard
             self.optimizer._check_grads([g])  # the checks the local step would make, up front
+            # A schedule failing at this step must fail here: without a norm pass (nonfinite=
+            # "ignore", no clipping) the local step has no collective to tell the other ranks,
+            # which would wait in the all-gather.
+            self.optimizer.lr_at(self.optimizer.step_count)
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             error = e
         _mpi.agree(comm, error, "ShardedOptimizer.step")
@@ -377,43 +434,70 @@ class ShardedOptimizer:
                    "shard.numel": np.array(self.flat.buffer.size, np.int64)})
         return sd
 
+    _SHARD_KEYS = ("shard.rank", "shard.world_size", "shard.bounds", "shard.numel")
+
+    def _local_part(self, sd) -> dict:
+        """``sd`` less its checked ``shard.*`` fields: what the local optimizer loads."""
+        if not callable(getattr(sd, "keys", None)) or not hasattr(sd, "__getitem__"):
+            raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
+        keys = list(sd.keys())
+        mine = [k for k in keys if isinstance(k, str) and k.startswith("shard.")]
+        if not mine:
+            raise ValueError(f"state dict lacks {list(self._SHARD_KEYS)}: it is not from a "
+                             "ShardedOptimizer")
+        f = StateFields({k: sd[k] for k in mine}, self._SHARD_KEYS, "ShardedOptimizer")
+        ws = f.integer("shard.world_size", lo=1)
+        if ws != self.world_size:
+            f.fail("shard.world_size", f"is {ws}, but this communicator has "
+                   f"{self.world_size} ranks. Re-sharding is not supported: load the "
+                   f"checkpoint on {ws} ranks")
+        rank = f.integer("shard.rank", lo=0, hi=ws - 1)
+        if rank != self.rank:
+            f.fail("shard.rank", f"is {rank}: the file holds rank {rank}'s shard; this is rank "
+                   f"{self.rank} (each rank loads its own file)")
+        numel = f.integer("shard.numel", lo=0)
+        if numel != self.flat.buffer.size:
+            f.fail("shard.numel", f"is {numel}, but these params have "
+                   f"{self.flat.buffer.size} elements")
+        bounds = f.array("shard.bounds", "i", ws + 1, f"'shard.world_size'={ws} needs {ws + 1}")
+        if not np.array_equal(bounds, self.bounds):
+            f.fail("shard.bounds", f"is {bounds.tolist()}; these params are split at "
+                   f"{self.bounds.tolist()}")
+        return {k: sd[k] for k in keys if k not in mine}
+
+    def _agreed(self) -> np.ndarray:
+        """What must be the same on every rank after a load: the step count and the clipping
+        policy's state (it decides, from the global norms, whether and where to clip)."""
+        o = self.optimizer
+        policy = o.max_grad_norm.state_dict() if hasattr(o.max_grad_norm, "state_dict") else {}
+        crc = 0
+        for k in sorted(policy):
+            v = np.asarray(policy[k])
+            crc = zlib.crc32(v.tobytes(), zlib.crc32(f"{k}:{v.dtype}:{v.shape}".encode(), crc))
+        return np.array([o.step_count, crc], np.int64)
+
     def load_state_dict(self, sd) -> None:
         """Restore this rank's ``state_dict()`` (collective). Refuses, on every rank and
         without changing anything on any rank, a state dict from another world size, another
-        rank or another layout, or one the local optimizer rejects. No re-sharding."""
-        error, before = None, None
+        rank or another layout, one whose fields the local optimizer rejects (each refusal a
+        TypeError/ValueError naming the key), or files of different steps (or clipping
+        states) on different ranks. No re-sharding."""
+        error, before, row = None, None, np.zeros(2, np.int64)
         try:
-            if not hasattr(sd, "keys"):
-                raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
-            missing = [k for k in ("shard.rank", "shard.world_size", "shard.bounds",
-                                   "shard.numel") if k not in sd]
-            if missing:
-                raise ValueError(f"state dict lacks {missing}: it is not from a "
-                                 "ShardedOptimizer")
-            ws = int(np.asarray(sd["shard.world_size"]))
-            rank = int(np.asarray(sd["shard.rank"]))
-            numel = int(np.asarray(sd["shard.numel"]))
-            if ws != self.world_size:
-                raise ValueError(f"state dict was saved by rank {rank} of a world of {ws} "
-                                 f"ranks; this communicator has {self.world_size}. Re-sharding "
-                                 f"is not supported: load the checkpoint on {ws} ranks")
-            if rank != self.rank:
-                raise ValueError(f"state dict holds rank {rank}'s shard; this is rank "
-                                 f"{self.rank} (each rank loads its own file)")
-            if numel != self.flat.buffer.size or \
-                    not np.array_equal(np.asarray(sd["shard.bounds"]), self.bounds):
-                raise ValueError(f"state dict is for {numel} parameters split at "
-                                 f"{np.asarray(sd['shard.bounds']).tolist()}; these are "
-                                 f"{self.flat.buffer.size} split at {self.bounds.tolist()}")
+            local = self._local_part(sd)
             before = self.optimizer.state_dict()
-            self.optimizer.load_state_dict({k: v for k, v in sd.items()
-                                            if not k.startswith("shard.")})
+            self.optimizer.load_state_dict(local)
+            row = self._agreed()
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             error = e
             before = None  # the local optimizer changed nothing
         try:
-            _mpi.agree(self.comm, error, "ShardedOptimizer.load_state_dict")
-        except _mpi.RemoteError:
+            every = _mpi.share(self.comm, error, row, "ShardedOptimizer.load_state_dict")
+            if (every != every[0]).any():
+                raise ValueError("the ranks' state dicts are from different steps or clipping "
+                                 f"states (step per rank: {every[:, 0].tolist()}); load files "
+                                 "saved at the same step, one per rank")
+        except ValueError:  # RemoteError included
             if before is not None:  # this rank loaded, another refused: undo
                 self.optimizer.load_state_dict(before)
             raise

@@ -406,6 +406,127 @@ def bad_input_on_one_rank_raises_everywhere():
     assert fastopt.global_norm([np.ones(4)], comm=comm) == 2.0 * math.sqrt(size)
 
 
+# -- hostile input: refused whole on every rank, nothing changed anywhere, no hang -------------
+def fingerprint(sh):
+    return sh.flat.buffer.tobytes(), {k: (np.asarray(v).dtype.str, np.asarray(v).shape,
+                                          np.asarray(v).tobytes())
+                                      for k, v in sh.state_dict().items()}
+
+
+def guarded(steps=0, **kw):
+    kw = {"lr": 1e-2, "max_grad_norm": fastopt.AutoClip(80, window=4, warmup=2),
+          "monitor": fastopt.GradNormMonitor(window=3, warn=False), **kw}
+    sh = D.ShardedOptimizer(model(np.float64), "adam", comm, **kw)
+    for t in range(steps):
+        sh.step(grads_of(rank, t, np.float64))
+    return sh
+
+
+@check
+def settings_must_agree_across_ranks():
+    """Settings that decide the collectives of a step (reduction, whether the norm is taken)
+    or the update itself, different on one rank: refused everywhere, instead of ranks waiting
+    in different collectives for ever."""
+    if size == 1:
+        return
+    for kw in ({"reduction": "ordered"}, {"nonfinite": "ignore"}, {"max_grad_norm": 2.0},
+               {"average": False}, {"beta1": 0.8}, {"optimizer": "nadam"}):
+        mine = {"lr": 1e-2, "max_grad_norm": 1.0, **(kw if rank == 0 else {})}
+        name = mine.pop("optimizer", "adam")
+        raises_everywhere(lambda: D.ShardedOptimizer(model(np.float32), name, comm, **mine),
+                          ValueError, "settings differ across ranks")
+    # a monitor on rank 0 only, where every rank takes the norm anyway: fine
+    mon = fastopt.GradNormMonitor(warn=False) if rank == 0 else None
+    sh = D.ShardedOptimizer(model(np.float32), "adam", comm, lr=1e-2, monitor=mon)
+    assert not sh.step(grads_of(rank, 0, np.float32)).skipped
+    assert same_on_all_ranks(sh.flat.buffer)
+    # ... but not where it alone would make rank 0 take the norm
+    mon = fastopt.GradNormMonitor(warn=False) if rank == 0 else None
+    raises_everywhere(lambda: D.ShardedOptimizer(model(np.float32), "adam", comm, lr=1e-2,
+                                                 monitor=mon, nonfinite="ignore"),
+                      ValueError, "settings differ across ranks")
+
+
+@check
+def corrupted_field_on_one_rank_changes_nothing_anywhere():
+    good = guarded(3).state_dict()
+    target = guarded(1)
+    bad_rank = size - 1
+    for key, value in (("shard.bounds", np.zeros(size + 1, np.int64)),
+                       ("shard.numel", np.array("31")), ("step", np.array(-1)),
+                       ("m.0", np.zeros(3)), ("clip.norms", -np.ones(4)),
+                       ("monitor.stride", np.int64(0)), ("monitor.count", np.int64(2**62)),
+                       ("optimizer", np.array("sgd"))):
+        before = fingerprint(target)
+        sd = dict(good, **{key: value}) if rank == bad_rank else good
+        try:
+            target.load_state_dict(sd)
+        except RemoteError:
+            assert rank != bad_rank, key
+        except (TypeError, ValueError) as e:
+            assert rank == bad_rank, (key, e)
+            sub = key.split(".", 1)[1] if key.startswith(("clip.", "monitor.")) else key
+            assert sub in str(e), (key, str(e))
+        else:
+            raise AssertionError(f"{key}: loaded")
+        assert fingerprint(target) == before, key  # undone where it had loaded
+    target.load_state_dict(good)
+    assert target.step_count == 3
+    ref = guarded(3)
+    np.copyto(target.flat.buffer, ref.flat.buffer)  # a state dict holds state, not params
+    for t in range(3, 5):
+        g = grads_of(rank, t, np.float64)
+        assert target.step(g) == ref.step(g)
+    assert target.flat.buffer.tobytes() == ref.flat.buffer.tobytes()
+    assert same_on_all_ranks(target.flat.buffer)
+
+
+@check
+def files_of_different_steps_refused():
+    if size == 1:
+        return
+    a = guarded(3)
+    sd3 = a.state_dict()
+    a.step(grads_of(rank, 3, np.float64))
+    sd4 = a.state_dict()
+    target = guarded(1)
+    before = fingerprint(target)
+    raises_everywhere(lambda: target.load_state_dict(sd3 if rank == 0 else sd4), ValueError,
+                      "different steps")
+    assert fingerprint(target) == before
+    target.load_state_dict(sd4)
+    assert target.step_count == 4
+
+
+@check
+def bad_grads_on_one_rank_change_nothing_anywhere():
+    sh = guarded(2)
+    g = grads_of(rank, 2, np.float64)
+    flat = np.concatenate([x.ravel() for x in g])
+    for bad, exc, pattern in (
+            (D.flatten(g[::-1]), ValueError, "shapes"),
+            (flat.reshape(1, -1), ValueError, "grads"),
+            ([x if i != 2 else np.ones((258,))[::2] for i, x in enumerate(g)], ValueError,
+             "contiguous"),
+            (flat.astype(np.float32), TypeError, "dtype")):
+        before = fingerprint(sh)
+        fails_here_or_remote(lambda: sh.step(bad if rank == 0 else g), exc, pattern)
+        assert fingerprint(sh) == before
+    assert not sh.step(g).skipped and same_on_all_ranks(sh.flat.buffer)
+
+
+@check
+def schedule_failing_on_one_rank_fails_everywhere():
+    """Without a norm pass (nonfinite='ignore', no clipping) the local step has no collective;
+    a schedule that fails on one rank must still not leave the others in the all-gather."""
+    lr = (lambda t: 0.1 if t < 1 else -1.0) if rank == 0 else 0.1
+    sh = D.ShardedOptimizer(model(np.float32), "sgd", comm, lr=lr, nonfinite="ignore")
+    sh.step(grads_of(rank, 0, np.float32))
+    before = sh.flat.buffer.copy()
+    fails_here_or_remote(lambda: sh.step(grads_of(rank, 1, np.float32)), ValueError, "lr(1)")
+    assert np.array_equal(sh.flat.buffer, before) and sh.step_count == 1
+
+
 def main():
     out, only = sys.argv[1], sys.argv[2:]
     results = {}
