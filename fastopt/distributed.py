@@ -34,7 +34,8 @@ buffer. (With the MPICH wheel on 2 cores it was also faster: MPICH's reduction l
 
 Checkpoints: ``state_dict()`` holds this rank's shard of the state plus ``shard.rank``,
 ``shard.world_size``, ``shard.bounds`` and ``shard.numel``; each rank saves its own. Loading into
-a different world size (or another rank's file) is refused; re-sharding is not supported.
+a different world size (or another rank's file, or files saved at different steps) is refused
+on every rank, with nothing changed on any; re-sharding is not supported.
 """
 from __future__ import annotations
 
