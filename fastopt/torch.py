@@ -46,9 +46,8 @@ Safety, whatever the caller does:
 * ``copy.deepcopy`` and pickling (``torch.save(opt)``) keep every option; the copy steps on
   its own. Hooks are not copied, as in torch.
 
-Differences from torch's state: ``step`` is a float64 count (exact up to 2**53; torch's
-float32 count stops at 2**24), and RMSprop keeps ``momentum_buffer`` even when momentum is 0
-(torch ignores the extra key).
+The state is torch's, key for key, except that ``step`` is a float64 count (exact up to 2**53;
+torch's float32 count stops at 2**24).
 
 ``semantics="fastopt"`` follows the source document's rules (``fastopt.functional``) instead:
 RMSProp's v starting at 1 and eps inside the root, Adam's eps before bias correction, NAdam's
@@ -451,6 +450,8 @@ class _Fused(torch.optim.Optimizer):
             out["step"] = torch.tensor(float(_count(entry["step"], f"{where}['step']")),
                                        dtype=_STEP_DTYPE)
         for _, key, _, required in self._tensors(h):
+            if key is None:
+                continue
             val = entry.get(key)
             if val is None:
                 out.pop(key, None)
@@ -504,7 +505,7 @@ class _Fused(torch.optim.Optimizer):
     # -- state -----------------------------------------------------------------------------------
     def _tensors(self, h):
         """(kernel state name, torch state key, initial value, required in a non-empty state),
-        in kernel argument order."""
+        in kernel argument order; a key of None is scratch space, kept out of the state."""
         raise NotImplementedError
 
     def _steps_taken(self, st) -> int:
@@ -520,6 +521,8 @@ class _Fused(torch.optim.Optimizer):
                 raise ValueError(f"{where}: its state lacks a 'step' tensor")
             _count(st["step"], f"{where}: state['step']")
         for _, key, _, required in self._tensors(h):
+            if key is None:
+                continue
             s = st.get(key)
             if s is None:
                 if required:
@@ -561,7 +564,7 @@ class _Fused(torch.optim.Optimizer):
                 if self._mu and "mu_product" not in st:
                     st["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
                 for _, key, init, _ in specs:
-                    if st.get(key) is None:
+                    if key is not None and st.get(key) is None:
                         st[key] = torch.full_like(p, init, dtype=_state_dtype(p),
                                                   memory_format=torch.contiguous_format)
             else:
@@ -573,8 +576,9 @@ class _Fused(torch.optim.Optimizer):
                 b.states = [[] for _ in specs]
             b.idx.append(i)
             b.params.append(_view(p))
-            for lst, (_, key, _, _) in zip(b.states, specs):
-                lst.append(_view(st[key]))
+            for lst, (_, key, init, _) in zip(b.states, specs):
+                lst.append(_view(st[key] if key is not None else torch.full_like(
+                    p, init, dtype=_state_dtype(p), memory_format=torch.contiguous_format)))
         buckets = list(by.values())
         for b in buckets:
             tensors = [params[i] for i in b.idx]
@@ -588,7 +592,7 @@ class _Fused(torch.optim.Optimizer):
                 for j, p in enumerate(tensors):
                     self.state[p]["mu_product"] = b.mu[j]
         keys = (("step",) if self._counted else ()) + (("mu_product",) if self._mu else ()) \
-            + tuple(key for _, key, _, _ in specs)
+            + tuple(key for _, key, _, _ in specs if key is not None)
         for i in present:
             p = params[i]
             entry = self.state.get(p)
@@ -771,8 +775,10 @@ class RMSprop(_Fused, torch.optim.RMSprop):
 
     def _tensors(self, h):
         v0 = dict(OPTIM_STATE["rmsprop"])["v"] if self.semantics == "fastopt" else 0.0
-        # the kernel always updates m; torch has no buffer without momentum, so it is optional
-        return (("v", "square_avg", v0, True), ("m", "momentum_buffer", 0.0, False))
+        # the kernel always updates m; without momentum torch keeps no buffer, and m is then
+        # a scratch array of the plan (its old value is multiplied by 0)
+        return (("v", "square_avg", v0, True),
+                ("m", "momentum_buffer" if h["momentum"] > 0 else None, 0.0, False))
 
     def _scalars(self, h, b, scale):
         lr, eps = h["lr"], h["eps"]
