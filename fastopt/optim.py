@@ -47,6 +47,9 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 
 _NONFINITE = ("skip", "raise", "ignore")
+#: State that no step can make negative (second-moment averages); a checkpoint holding
+#: negative values there would put NaN into the params.
+_NONNEGATIVE = {"rmsprop": ("v",), "adam": ("v",), "adamw": ("v",), "nadam": ("v",)}
 
 try:  # the per-step argument check's fast path; without the extension, Python's checks
     from ._C import like_addresses as _like_addresses
@@ -267,7 +270,9 @@ class Optimizer:
 
     def _step(self, grads) -> StepResult:
         limit = self.clip_threshold()
-        need_norm = limit is not None or self.nonfinite != "ignore" or self.monitor is not None
+        # a policy (AutoClip) is fed every step's norm, also before it has a threshold
+        need_norm = (self.max_grad_norm is not None or self.nonfinite != "ignore"
+                     or self.monitor is not None)
         if need_norm and self._guarded():
             return self._guarded_step(self._check_grads(grads), limit)
         try:
@@ -445,7 +450,7 @@ class Optimizer:
         if rule.shape != () or rule.dtype.kind not in "US":
             raise ValueError(f"state dict 'optimizer' must be the rule's name, got {rule!r:.80}")
         if str(rule) != self.rule:
-            raise ValueError(f"state dict is for optimizer {str(rule)!r}, not {self.rule!r}")
+            raise ValueError(f"state dict 'optimizer' is {str(rule)!r}, not {self.rule!r}")
         step = vals["step"]
         if step.shape != () or step.dtype.kind not in "iu":
             raise TypeError(f"state dict 'step' must be a 0-d integer array, got shape "
@@ -457,12 +462,18 @@ class Optimizer:
                 if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
                     raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
                                      f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
+                if name in _NONNEGATIVE.get(self.rule, ()) and np.any(v < 0):
+                    raise ValueError(f"state dict '{name}.{i}' holds negative values; it is a "
+                                     "running mean of squares, which no step makes negative")
         # The policy and the monitor check their own parts; undo the first if the second fails.
         before = {p: obj.state_dict() for p, obj in extras.items()}
         try:
             for p, obj in extras.items():
-                obj.load_state_dict({k[len(p) + 1:]: v for k, v in vals.items()
-                                     if k.startswith(p + ".")})
+                try:
+                    obj.load_state_dict({k[len(p) + 1:]: v for k, v in vals.items()
+                                         if k.startswith(p + ".")})
+                except (TypeError, ValueError) as e:  # name the key as it is in this dict
+                    raise type(e)(f"state dict '{p}.*': {e}") from e
         except Exception:
             for p, obj in extras.items():
                 obj.load_state_dict(before[p])
