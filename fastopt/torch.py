@@ -472,7 +472,7 @@ class _Fused(torch.optim.Optimizer):
             out[key] = torch.empty_like(p, dtype=_state_dtype(p),
                                         memory_format=torch.contiguous_format).copy_(val)
         if self._mu and entry:
-            if entry.get("mu_product") is None:  # fastopt.torch before 0.x kept no mu_product
+            if "mu_product" not in entry:  # fastopt.torch's NAdam kept none before
                 mu = self._rebuilt_mu_product(int(out["step"]), h, where)
             else:
                 mu = real(_value(entry["mu_product"], f"{where}['mu_product']"),
