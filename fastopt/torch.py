@@ -262,15 +262,19 @@ class _Plan:
     def valid(self, opt, params, present, layout) -> bool:
         if present != self.present or layout != self.layout:
             return False
-        state = opt.state
+        get = opt.state.get
         for i, p, (ptr, shape, dt), entry, held in zip(present, self.params, self.ptrs,
                                                        self.entries, self.held):
             if (params[i] is not p or p.data_ptr() != ptr or p.shape != shape
-                    or p.dtype is not dt or not p.is_contiguous() or state.get(p) is not entry):
+                    or p.dtype is not dt or not p.is_contiguous() or get(p) is not entry):
                 return False
-            if entry is not None and any(entry.get(k) is not o for k, o in held):
+            for k, o in held:
+                if entry.get(k) is not o:
+                    return False
+        for b in self.buckets:
+            if b.stale():
                 return False
-        return not any(b.stale() for b in self.buckets)
+        return True
 
 
 class _Fused(torch.optim.Optimizer):
@@ -633,7 +637,16 @@ class _Fused(torch.optim.Optimizer):
                         _check_param(params[i], f"param group {gi}, param {i}")
                         self._check_state(params[i], h, f"param group {gi}, param {i}")
                     _check_disjoint([params[i] for i in present], f"param group {gi}")
-                grads = [self._grad(params[i], gi, i) for i in present]
+                grads = []
+                for i in present:
+                    p = params[i]
+                    g = p.grad
+                    if (g.layout is torch.strided and g.dtype is p.dtype and g.shape == p.shape
+                            and not g.is_cuda and not p.is_cuda and not g.requires_grad
+                            and g.is_contiguous()):
+                        grads.append(g.numpy())  # the common case, checked in one line
+                    else:
+                        grads.append(self._grad(p, gi, i))
                 # a backend that cannot run some of them must fail before anything is written
                 firsts = [b.params[0] for b in plan.buckets] if plan is not None else \
                     [_view(params[i]) for i in present]
