@@ -268,8 +268,8 @@ class _Plan:
             if (params[i] is not p or p.data_ptr() != ptr or p.shape != shape
                     or p.dtype is not dt or not p.is_contiguous() or get(p) is not entry):
                 return False
-            for k, o in held:
-                if entry.get(k) is not o:
+            for k, o, ptr in held:  # the same tensors, over the same memory (not set_() away)
+                if entry.get(k) is not o or o.data_ptr() != ptr:
                     return False
         for b in self.buckets:
             if b.stale():
@@ -603,7 +603,8 @@ class _Fused(torch.optim.Optimizer):
             plan.params.append(p)
             plan.ptrs.append((p.data_ptr(), p.shape, p.dtype))
             plan.entries.append(entry)
-            plan.held.append(() if entry is None else tuple((k, entry.get(k)) for k in keys))
+            plan.held.append(() if entry is None else
+                             tuple((k, entry[k], entry[k].data_ptr()) for k in keys))
         plan.buckets = buckets
         self._cache[gi] = plan
         return plan

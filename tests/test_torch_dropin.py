@@ -595,6 +595,8 @@ def test_load_of_a_smaller_models_state_refused(backend):
     (lambda st: st.__setitem__("step", torch.tensor(math.nan)), "step"),
     (lambda st: st.__setitem__("step", torch.tensor(-3.0)), "step"),
     (lambda st: st.pop("exp_avg"), "exp_avg"),
+    (lambda st: st["exp_avg"].set_(torch.zeros(3)), "shape"),  # same object, other memory
+    (lambda st: st["step"].set_(torch.tensor([1.0, 2.0], dtype=st["step"].dtype)), "step"),
 ])
 def test_state_edited_by_hand_refused(edit, match):
     params = make_params()
