@@ -80,7 +80,7 @@ import torch
 from . import _dispatch
 from . import functional as F
 from ._registry import ALL_BACKENDS, OPTIM_STATE, Scalars
-from ._validate import MAX_STEP, Exclusive, check_no_overlap, dtype_of, real
+from ._validate import MAX_STEP, Exclusive, dtype_of, real
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]
 
@@ -202,6 +202,17 @@ def _check_param(p, where: str) -> None:
         raise ValueError(f"{where}: the tensor is not contiguous; fastopt updates tensors in "
                          "place and will not update a copy (use .contiguous() before building "
                          "the model's parameters)")
+    _check_storage(p, where)
+
+
+def _check_storage(t, where):
+    """The tensor's storage holds its elements (one freed with untyped_storage().resize_(0),
+    as FSDP does, does not: a kernel would write through a null pointer). Once a plan holds a
+    NumPy view of it, torch refuses to resize that storage."""
+    if t.numel() and t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) \
+            * t.element_size():
+        raise ValueError(f"{where}: its storage holds {t.untyped_storage().nbytes()} bytes, "
+                         f"fewer than its shape {tuple(t.shape)} needs (was it freed?)")
 
 
 def _check_disjoint(params, where):
@@ -211,12 +222,14 @@ def _check_disjoint(params, where):
         j = seen.setdefault(id(p), i)
         if j != i:
             raise ValueError(f"{where}: param {i} is param {j} again; list each parameter once")
-    views = [_view(p) for p in params]
-    try:
-        check_no_overlap({"params": views})
-    except ValueError as e:
-        raise ValueError(f"{where}: {e} (params sharing memory, e.g. views of one tensor, "
-                         "must be in different param groups)") from None
+    # from the tensors, not NumPy views: a view would pin the storage's size from now on
+    spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), i)
+                   for i, p in enumerate(params) if p.numel())
+    for (_, end, i), (begin, _, j) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(f"{where}: params {min(i, j)} and {max(i, j)} share memory (views "
+                             "of one tensor?); their updates would race: put them in different "
+                             "param groups")
 
 
 def _state_dtype(p):
@@ -542,6 +555,7 @@ class _Fused(torch.optim.Optimizer):
                 raise ValueError(f"{where}: state[{key!r}] is {s.dtype} on {s.device}"
                                  f"{'' if s.is_contiguous() else ', not contiguous'}, but the "
                                  f"param needs {_state_dtype(p)} on {p.device}")
+            _check_storage(s, f"{where}: state[{key!r}]")
         if self._mu:
             if not torch.is_tensor(st.get("mu_product")):
                 raise ValueError(f"{where}: its state lacks a 'mu_product' tensor")

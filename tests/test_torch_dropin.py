@@ -55,6 +55,8 @@ def twin(params):
 
 def encode(v):
     if torch.is_tensor(v):
+        if v.numel() and v.untyped_storage().nbytes() == 0:  # freed: its identity is all it has
+            return ("freed", id(v), tuple(v.shape))
         return ("tensor", str(v.dtype), tuple(v.shape), v.detach().cpu().numpy().tobytes())
     if isinstance(v, dict):
         return {k: encode(x) for k, x in v.items()}
@@ -570,6 +572,21 @@ def test_plain_sgd_param_replaced_with_a_stale_grad_refused(backend):
     params[2].data = torch.zeros(1 << 16)  # its grad is still the old (17,)
     before = snapshot(opt)
     with pytest.raises(ValueError, match="grad has shape"):
+        opt.step()
+    assert snapshot(opt) == before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_param_with_freed_storage_refused(backend):
+    """A storage resized to 0 (as FSDP frees params) under a shape that still claims elements:
+    refused before a kernel writes through its null pointer (torch itself would crash)."""
+    params = make_params()
+    opt = ft.Adam(params, lr=0.01, backend=backend)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[2].untyped_storage().resize_(0)
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="storage"):
         opt.step()
     assert snapshot(opt) == before
 
