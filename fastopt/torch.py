@@ -46,6 +46,10 @@ Safety, whatever the caller does:
 * ``copy.deepcopy`` and pickling (``torch.save(opt)``) keep every option; the copy steps on
   its own. Hooks are not copied, as in torch.
 
+Once a CPU parameter has taken a step, the NumPy view the kernels write through makes torch
+refuse to resize its storage (``untyped_storage().resize_``, as FSDP uses); a storage freed
+before then is refused at ``step()``.
+
 The state is torch's, key for key, except that ``step`` is a float64 count (exact up to 2**53;
 torch's float32 count stops at 2**24).
 
@@ -663,11 +667,16 @@ class _Fused(torch.optim.Optimizer):
                     else:
                         grads.append(self._grad(p, gi, i))
                 # a backend that cannot run some of them must fail before anything is written
-                firsts = [b.params[0] for b in plan.buckets] if plan is not None else \
-                    [_view(params[i]) for i in present]
-                for kind in {(not isinstance(a, np.ndarray), dtype_of(a)) for a in firsts}:
-                    _dispatch.resolve(f"optim.{self._rule(h)}", self.backend, device=kind[0],
-                                      dtype=kind[1])
+                if plan is not None:
+                    firsts = [b.params[0] for b in plan.buckets]
+                else:
+                    kinds = {}
+                    for i in present:
+                        kinds.setdefault((params[i].is_cuda, params[i].dtype), params[i])
+                    firsts = [_view(p) for p in kinds.values()]
+                for a in firsts:
+                    _dispatch.resolve(f"optim.{self._rule(h)}", self.backend,
+                                      device=not isinstance(a, np.ndarray), dtype=dtype_of(a))
                 work.append((gi, group, present, h, layout, plan, grads))
             # nothing has been written so far; from here on nothing can be refused
             norm, scale, clipped = None, 1.0, False
