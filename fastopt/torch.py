@@ -37,9 +37,12 @@ Safety, whatever the caller does:
   every state tensor's shape and dtype against its param, step counts: integral, finite,
   0 <= step <= 2**53, flags) and changes nothing when it refuses. Checkpoints load both ways
   with ``torch.optim``: older ones get torch's defaults for missing flags, a number ``step``
-  is accepted, a torch SGD ``momentum_buffer`` means its first step was taken.
-* A parameter whose shape, dtype or storage changed under the optimizer (``p.data = ...``)
-  gets a clear error at ``step()`` rather than a kernel writing past an array.
+  is accepted, a torch SGD ``momentum_buffer`` means its first step was taken, a NAdam state
+  without ``mu_product`` (fastopt.torch before it kept one) gets the product its step implies.
+  Keys this module does not read are kept, as torch keeps them.
+* A parameter whose shape, dtype, layout or storage no longer fits its state or its gradient
+  (``p.data = ...`` on a live optimizer, state edited by hand) gets a clear error at
+  ``step()``, with nothing written, rather than a kernel writing past an array.
 * ``step()`` and ``load_state_dict()`` take one call at a time per optimizer: a concurrent
   second call (another thread, a hook) is a RuntimeError. Different optimizers in different
   threads are independent.
