@@ -640,3 +640,21 @@ def test_step_count_edited_in_place_is_read():
     for p, q in zip(pa, pb):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert float(ours.state[pa[0]]["step"]) == 2 and float(ours.state[pa[1]]["step"]) == 4
+
+
+def test_fastopt_semantics_nadam_decouples_weight_decay():
+    """semantics='fastopt' with decoupled_weight_decay: theta <- (1 - lr wd) theta - update,
+    the update being the one without decay (it was coupled L2 decay before)."""
+    p0 = make_params(torch.float64)
+    pd, pn, pc = twin(p0), twin(p0), twin(p0)
+    lr, wd = 0.01, 0.3
+    for ps, kw in ((pd, dict(weight_decay=wd, decoupled_weight_decay=True)), (pn, {}),
+                   (pc, dict(weight_decay=wd))):
+        opt = ft.NAdam(ps, lr=lr, semantics="fastopt", **kw)
+        set_grads(ps, 0)
+        for p, q in zip(ps, p0):  # the same gradient for all three
+            p.grad = (0.5 * q.detach() + 1.0).clone()
+        opt.step()
+    for d, n, c, q in zip(pd, pn, pc, p0):
+        torch.testing.assert_close(d, n - lr * wd * q.detach(), rtol=1e-12, atol=1e-14)
+        assert not torch.allclose(d, c)
