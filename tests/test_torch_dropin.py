@@ -658,3 +658,19 @@ def test_fastopt_semantics_nadam_decouples_weight_decay():
     for d, n, c, q in zip(pd, pn, pc, p0):
         torch.testing.assert_close(d, n - lr * wd * q.detach(), rtol=1e-12, atol=1e-14)
         assert not torch.allclose(d, c)
+
+
+@pytest.mark.parametrize("params,err", [
+    (lambda: torch.zeros(3, requires_grad=True), TypeError),  # a tensor, not a list of them
+    (lambda: [], ValueError),
+    (lambda: [1.0, 2.0], TypeError),
+    (lambda: None, TypeError),
+    (lambda: [{"params": {torch.zeros(2, requires_grad=True)}}], TypeError),  # sets: no order
+    (lambda: [torch.zeros(2, requires_grad=True) * 2], ValueError),  # not a leaf
+    (lambda: [torch.zeros(2, dtype=torch.int64)], TypeError),
+    (lambda: [{"params": [torch.zeros(2, requires_grad=True)], "lr": math.nan}], ValueError),
+])
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_params_refused(name, params, err):
+    with pytest.raises(err):
+        getattr(ft, name)(params())
