@@ -14,7 +14,8 @@ Classes and the torch options they honour (``semantics="torch"``, the default):
 * ``Adam``, ``AdamW``: ``lr, betas, eps, weight_decay, maximize, decoupled_weight_decay``
   (Adam's ``decoupled_weight_decay=True`` is AdamW's rule, as in torch);
 * ``SGD``: ``lr, momentum, dampening, weight_decay, nesterov, maximize``;
-* ``RMSprop``: ``lr, alpha, eps, weight_decay, momentum, maximize``;
+* ``RMSprop``: ``lr, alpha, eps, weight_decay, momentum, maximize`` (``alpha`` below 1: at 1
+  the square average would never leave 0);
 * ``NAdam``: ``lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize``
   (its ``mu_product`` is kept in the state, as torch keeps it).
 
