@@ -13,7 +13,6 @@ or from the shell: ``fastopt search tuning_search_space.json --seed 0 --trial 7`
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import numbers

@@ -4,7 +4,6 @@ start's digit, across carries), bit for bit against the NumPy reference.
 
 The simulator must be on before numba.cuda is imported, hence a process of its own.
 """
-import os
 import subprocess
 import sys
 

@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
+from torch_snapshot import snapshot  # noqa: E402
 
 from fastopt import GradNormMonitor, _dispatch  # noqa: E402
 from fastopt import functional as F  # noqa: E402
@@ -53,25 +54,8 @@ def twin(params):
     return [p.detach().clone().requires_grad_() for p in params]
 
 
-def encode(v):
-    if torch.is_tensor(v):
-        if v.numel() and v.untyped_storage().nbytes() == 0:  # freed: its identity is all it has
-            return ("freed", id(v), tuple(v.shape))
-        return ("tensor", str(v.dtype), tuple(v.shape), v.detach().cpu().numpy().tobytes())
-    if isinstance(v, dict):
-        return {k: encode(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(encode(x) for x in v)
-    return v
 
 
-def snapshot(opt):
-    """Everything a refusal must leave as it was, bytes for tensors."""
-    groups = [{k: ([id(p) for p in v] if k == "params" else encode(v)) for k, v in g.items()}
-              for g in opt.param_groups]
-    params = [encode(p) for g in opt.param_groups for p in g["params"]]
-    state = {id(p): encode(st) for p, st in opt.state.items()}
-    return groups, params, state
 
 
 def two_groups(params, **over):

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
+from torch_snapshot import snapshot  # noqa: E402
 hyp = pytest.importorskip("hypothesis")
 
 from hypothesis import given  # noqa: E402
@@ -51,21 +52,8 @@ def configs(draw):
     return name, kw, shapes, edit, edit_value, seed
 
 
-def encode(v):
-    if torch.is_tensor(v):
-        return ("tensor", str(v.dtype), tuple(v.shape), v.detach().numpy().tobytes())
-    if isinstance(v, dict):
-        return {k: encode(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(encode(x) for x in v)
-    return repr(v) if isinstance(v, float) and math.isnan(v) else v
 
 
-def snapshot(opt):
-    return ([{k: ([id(p) for p in v] if k == "params" else encode(v)) for k, v in g.items()}
-             for g in opt.param_groups],
-            [encode(p) for g in opt.param_groups for p in g["params"]],
-            {id(p): encode(s) for p, s in opt.state.items()})
 
 
 def grads_for(params, step, seed):

@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
+from torch_snapshot import snapshot  # noqa: E402
 
 #: class, options; the state keys it keeps, the group options it reads
 SETUPS = {
@@ -37,21 +38,8 @@ def groups(params):
     return [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
 
 
-def encode(v):
-    if torch.is_tensor(v):
-        return ("tensor", str(v.dtype), tuple(v.shape), v.detach().numpy().tobytes())
-    if isinstance(v, dict):
-        return {k: encode(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(encode(x) for x in v)
-    return v
 
 
-def snapshot(opt):
-    return ([{k: ([id(p) for p in v] if k == "params" else encode(v)) for k, v in g.items()}
-             for g in opt.param_groups],
-            [encode(p) for g in opt.param_groups for p in g["params"]],
-            {id(p): encode(st) for p, st in opt.state.items()})
 
 
 def trained(name, steps=3):
