@@ -247,16 +247,19 @@ class Exclusive:
     ``with self._exclusive("step()"):``. Copying or pickling the owner makes a fresh guard.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "_holder")
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._holder = None
 
     def __call__(self, what: str):
         if not self._lock.acquire(blocking=False):
-            raise RuntimeError(f"{what} is already running on this object (in another thread, "
-                               "or re-entered from a hook or callback); one object takes one "
-                               "call at a time: use one optimizer per thread, or a lock")
+            raise RuntimeError(f"{what} was called while {self._holder} is already running on "
+                               "this object (in another thread, or re-entered from a hook or "
+                               "callback); one object takes one call at a time: use one "
+                               "optimizer per thread, or a lock")
+        self._holder = what
         return self
 
     def __enter__(self):

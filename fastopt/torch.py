@@ -373,7 +373,7 @@ class _Fused(torch.optim.Optimizer):
 
     # -- param groups and checkpoints -----------------------------------------------------------
     def add_param_group(self, param_group):
-        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+        with self._exclusive("add_param_group()"):
             super().add_param_group(param_group)
             gi = len(self.param_groups) - 1
             try:  # validated after torch has normalised it; a refused group is taken out again
@@ -390,7 +390,7 @@ class _Fused(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """torch's ``load_state_dict`` (hooks included), with everything checked first: a
         refused checkpoint raises and leaves the optimizer exactly as it was."""
-        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+        with self._exclusive("load_state_dict()"):
             if not isinstance(state_dict, Mapping):
                 raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
             state_dict = dict(state_dict)
@@ -639,7 +639,7 @@ class _Fused(torch.optim.Optimizer):
         Returns the closure's loss when a closure is given, else the unclipped global gradient
         norm when ``max_grad_norm`` or ``monitor`` is set, else None. Everything is checked
         before anything is written."""
-        with self._exclusive("step() or load_state_dict() or add_param_group()"):
+        with self._exclusive("step()"):
             loss = None
             if closure is not None:
                 with torch.enable_grad():
