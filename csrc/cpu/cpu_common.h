@@ -64,7 +64,7 @@ Arrays<T> take_arrays(const py::handle& obj, const char* name, bool writable,
   out.size.reserve(arrays.size());
   const auto want = py::dtype::of<T>();
   for (size_t i = 0; i < arrays.size(); ++i) {
-    py::handle item = arrays[i];
+    py::handle item = PyList_GET_ITEM(arrays.ptr(), py::ssize_t(i));  // borrowed: no refcount
     if (!py::isinstance<py::array>(item))
       throw py::type_error(item_name(name, i) + " is not an ndarray");
     auto a = py::reinterpret_borrow<py::array>(item);

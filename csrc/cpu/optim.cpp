@@ -55,6 +55,7 @@ void run(const py::list& params, const py::list& grads, const py::list& states,
   for (int s = 0; s < R::kStates; ++s)
     S.push_back(take_arrays<T>(states[s], s == 0 ? "states[0]" : "states[1]", true, &P, "params"));
   std::vector<Span> spans;
+  spans.reserve(P.count() * (2 + R::kStates));
   add_spans(spans, P, true);
   add_spans(spans, G, false);
   for (const auto& st : S) add_spans(spans, st, true);
