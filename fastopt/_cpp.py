@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
+from ._registry import OPTIM_KERNEL
 
 
 def optim_update(rule, params, grads, states, k):
-    _C.optim_update(rule, params, grads, [list(s) for s in states], list(k))
+    # the extension knows kernels (csrc/common/optim_math.h's list); an unknown rule goes
+    # through as it is, for the extension to refuse
+    _C.optim_update(OPTIM_KERNEL.get(rule, rule), params, grads, [list(s) for s in states], list(k))
 
 
 def norm_partials(arrays, scale, want_max):

@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from . import _device
+from ._registry import OPTIM_KERNEL
 from ._validate import check_device_optim_args
 
 _NO_SHIFT = np.zeros(0)  # the kernel reads an empty shift as "no shift"
@@ -48,7 +49,7 @@ def optim_update(rule, params, grads, states, k):
     if not params:
         return
     device, dtype, stream = _where(params)
-    _ext().optim_update(device, rule, dtype, _device.pointers(params), _device.pointers(grads),
+    _ext().optim_update(device, OPTIM_KERNEL[rule], dtype, _device.pointers(params), _device.pointers(grads),
                         [_device.pointers(s) for s in states], _device.sizes(params), list(k),
                         stream)
 
@@ -60,7 +61,7 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
     if not params:
         return
     device, dtype, stream = _where(params)
-    _ext().guarded_step(device, rule, dtype, _device.pointers(params), _device.pointers(grads),
+    _ext().guarded_step(device, OPTIM_KERNEL[rule], dtype, _device.pointers(params), _device.pointers(grads),
                         [_device.pointers(s) for s in states], _device.sizes(params),
                         [list(k) for k in rows], int(t_lo), float(limit), bool(skip_nonfinite),
                         _device.pointers([ctl])[0], int(slot), float(seq),

@@ -14,12 +14,11 @@ import numpy as np
 
 from . import _device
 from ._device import DEVICE_DTYPES, is_device_array  # noqa: F401 - re-exported
-from ._registry import BF16, F16, F32, F64, OPTIM_STATE, Scalars
+from ._core import (BF16, F16, F32, F64, MAX_STEP, Scalars, _short, check_step,  # noqa: F401
+                    integer, real)
+from ._registry import OPTIM_STATE
 
 FLOAT_DTYPES = (F32, F64)
-#: The largest step count accepted anywhere (passed, set, loaded or asked of a schedule): every
-#: count up to it is exact in float64, in which schedules and bias corrections are computed.
-MAX_STEP = 2**53
 
 
 def dtype_of(a):
@@ -192,51 +191,6 @@ def check_no_overlap(written: dict, read: dict | None = None):
             end_any, last_any = e, (name, i)
         if flag and e > end_written:
             end_written, last_written = e, (name, i)
-
-
-def real(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    """A finite real number in the given interval, as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        v = float(value)
-    except (OverflowError, ValueError, TypeError):  # an int beyond float range, an odd Real
-        raise ValueError(f"{name} must be a finite real number, got {_short(value)}") from None
-    bad = not math.isfinite(v)
-    if lo is not None:
-        bad |= v <= lo if lo_open else v < lo
-    if hi is not None:
-        bad |= v >= hi if hi_open else v > hi
-    if bad:
-        interval = (("(" if lo_open else "[") + ("-inf" if lo is None else repr(lo)) + ", "
-                    + ("inf" if hi is None else repr(hi)) + (")" if hi_open or hi is None else "]"))
-        raise ValueError(f"{name} must be finite and in {interval}, got {value!r}")
-    return v
-
-
-def integer(value, name: str, *, lo=None, hi=None) -> int:
-    """An integer (Python or NumPy) in [lo, hi], as an int."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    v = int(value)
-    if lo is not None and v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {_short(v)}")
-    return v
-
-
-def check_step(value, name: str) -> int:
-    """A step count: an integer in [0, MAX_STEP]."""
-    return integer(value, name, lo=0, hi=MAX_STEP)
-
-
-def _short(value) -> str:
-    """A value for an error message: huge integers by their size, not their 1000 digits."""
-    if isinstance(value, numbers.Integral) and abs(int(value)) >= 10**30:
-        return f"an integer of {int(value).bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Exclusive:

@@ -184,8 +184,7 @@ def shard_bounds(numel: int, world_size: int, itemsize: int = 4) -> np.ndarray:
     return b
 
 
-_BY_NAME = {cls.rule: cls for cls in (optim.SGD, optim.Momentum, optim.Nesterov, optim.RMSProp,
-                                      optim.Adam, optim.AdamW, optim.NAdam)}
+_BY_NAME = optim.CLASSES
 
 
 def _optimizer_class(optimizer):

@@ -2,7 +2,8 @@ r"""The functional layer: in-place fused updates on arrays whose state you manag
 
 ``update(rule, params, grads, state, step=t, lr=eta_t, ...)`` applies one step of ``rule`` to
 every array in one native call. ``state`` is ``init_state(rule, params)``'s dict of lists. The
-rules (theta params, g = s*g + lambda*theta the scaled, L2-decayed gradient, t the steps taken):
+rules (theta params, g = s*g + lambda*theta the scaled, L2-decayed gradient, t the steps taken;
+each is declared, with its hyperparameters and their ranges, in fastopt/_rules):
 
 * sgd:       theta <- theta - eta g
 * momentum:  v <- gamma v + g;  theta <- theta - eta v
@@ -13,81 +14,74 @@ rules (theta params, g = s*g + lambda*theta the scaled, L2-decayed gradient, t t
              theta <- theta - eta b m / (sqrt(v) + eps),  b = sqrt(1-b2^(t+1)) / (1-b1^(t+1))
 * adamw:     adam with decoupled decay: theta <- theta - eta lambda theta_old - (adam step)
 * nadam:     adam with m replaced by b1 m + (1-b1) g in the update
+* lion:      u <- b1 m + (1-b1) g;  theta <- (1 - eta lambda) theta - eta sign(u);
+             m <- b2 m + (1-b2) g   (decoupled decay, as optax.lion)
+* adagrad:   s <- s + g^2;  theta <- theta - eta/(1 + t delta) g / (sqrt(s) + eps)
+             (s starts at initial_accumulator_value; as torch.optim.Adagrad)
 
 ``torch_compat=True`` (adam/adamw) uses PyTorch's placement of eps:
 theta <- theta - eta m_hat / (sqrt(v_hat) + eps), m_hat = m/(1-b1^(t+1)), v_hat = v/(1-b2^(t+1)).
+
+A hyperparameter the rule does not take is a TypeError naming it (``update("sgd", ...,
+beta1=0.5)`` is refused, not ignored); one out of its range a ValueError.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from . import _device, _dispatch
-from ._registry import OPTIM_STATE, OPTIMIZERS, Scalars
+from . import _device, _dispatch, _rules
+from ._core import Scalars
 from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, dtype_of,
                         is_device_array, real, state_dtype, check_step)
 
-__all__ = ["update", "init_state", "scalars"]
+__all__ = ["update", "init_state", "scalars", "rules", "hyperparameters"]
 
-_ADAM = ("adam", "adamw", "nadam")
 
+def rules() -> tuple[str, ...]:
+    """The names of the update rules."""
+    return tuple(_rules.RULES)
+
+
+def hyperparameters(rule) -> dict:
+    """{name: default} of the hyperparameters ``rule`` takes (besides lr and grad_scale)."""
+    return _rules.get(rule).defaults()
 
 
 def check_rule(rule) -> str:
-    if rule not in OPTIMIZERS:
-        raise ValueError(f"rule must be one of {', '.join(OPTIMIZERS)}, got {rule!r}")
-    return rule
+    return _rules.get(rule).name
 
 
-def check_hyper(rule, *, weight_decay=0.0, momentum=0.0, rho=0.9, beta1=0.9, beta2=0.999,
-                eps=1e-8, torch_compat=False) -> dict:
-    """Validated hyperparameters of ``rule`` (a ValueError naming the first one out of range)."""
-    h = dict(weight_decay=real(weight_decay, "weight_decay", lo=0),
-             momentum=real(momentum, "momentum", lo=0),
-             rho=real(rho, "rho", lo=0, hi=1, hi_open=True),
-             beta1=real(beta1, "beta1", lo=0, hi=1, hi_open=True),
-             beta2=real(beta2, "beta2", lo=0, hi=1, hi_open=True),
-             eps=real(eps, "eps", lo=0), torch_compat=bool(torch_compat))
-    if torch_compat and rule not in ("adam", "adamw"):
-        raise ValueError(f"torch_compat applies to adam and adamw, not {rule}")
-    return h
+def check_hyper(rule, **hyper) -> dict:
+    """Every hyperparameter of ``rule``, checked, defaults filled in: a TypeError naming a
+    name the rule does not take, a ValueError naming the first value out of range."""
+    return _rules.get(rule).check_hyper(**hyper)
 
 
 def scalars(rule, *, lr, step, grad_scale=1.0, **hyper) -> Scalars:
     """The float64 scalars the kernels take, computed once on the host (SPEC §2), every
     argument checked as ``update`` checks it, except that ``grad_scale`` may be negative here
     (a maximizing step: torch's ``maximize=True``)."""
-    rule = check_rule(rule)
-    return _scalars(rule, lr=real(lr, "lr", lo=0), step=check_step(step, "step"),
-                    grad_scale=real(grad_scale, "grad_scale"), **check_hyper(rule, **hyper))
+    r = _rules.get(rule)
+    return r.scalars(lr=real(lr, "lr", lo=0), step=check_step(step, "step"),
+                     grad_scale=real(grad_scale, "grad_scale"), **r.check_hyper(**hyper))
 
 
-def _scalars(rule, *, lr, step, grad_scale=1.0, weight_decay=0.0, momentum=0.0, rho=0.9,
-             beta1=0.9, beta2=0.999, eps=1e-8, torch_compat=False) -> Scalars:
-    """``scalars`` for arguments already checked (the optimizers' per-step path)."""
-    wd, decay, alpha, c = weight_decay, 1.0, lr, 1.0
-    if rule == "adamw":  # decoupled: theta <- (1 - lr*wd) theta - (adam step)
-        wd, decay = 0.0, 1.0 - lr * weight_decay
-    if rule in _ADAM:
-        bc1, bc2 = 1.0 - beta1 ** (step + 1), 1.0 - beta2 ** (step + 1)
-        if torch_compat:
-            alpha, c = lr / bc1, math.sqrt(bc2)
-        else:
-            alpha = lr * math.sqrt(bc2) / bc1
-    return Scalars(lr=lr, wd=wd, gscale=grad_scale, momentum=momentum, rho=rho, beta1=beta1,
-                   beta2=beta2, eps=eps, alpha=alpha, c=c, decay=decay, nm=beta1, ng=1.0 - beta1,
-                   eps_out=0.0, lr_out=1.0)
+def _scalars(rule, *, lr, step, grad_scale=1.0, **hyper) -> Scalars:
+    """``scalars`` for arguments already checked, all hyperparameters given (the optimizers'
+    per-step path)."""
+    return _rules.RULES[rule].scalars(lr=lr, step=step, grad_scale=grad_scale, **hyper)
 
 
-def init_state(rule, params) -> dict:
-    """Fresh state for ``rule``: {name: [array like each param]}, zeros (rmsprop's v: ones).
+def init_state(rule, params, **hyper) -> dict:
+    """Fresh state for ``rule``: {name: [array like each param]}, each buffer at its initial
+    value (zeros; rmsprop's v: ones; adagrad's sum: ``initial_accumulator_value``).
 
     Device params get device state from the same library, float32 for 16-bit params."""
+    r = _rules.get(rule)
     params = as_list(params, "params")
     return {name: [_device.full_like(p, init, state_dtype(dtype_of(p))) if is_device_array(p)
                    else np.full_like(p, init) for p in params]
-            for name, init in OPTIM_STATE[check_rule(rule)]}
+            for name, init in r.initial_values(r.check_hyper(**hyper))}
 
 
 def run(rule, params, grads, states, k: Scalars, backend=None):
@@ -119,8 +113,8 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
     ``state`` maps each state name of the rule (``init_state``) to a list like ``params``;
     ``step`` is the number of steps already taken; ``lr`` is eta_t for this step.
     """
-    rule = check_rule(rule)
-    h = check_hyper(rule, **hyper)
+    r = _rules.get(rule)
+    h = r.check_hyper(**hyper)
     step = check_step(step, "step")
     lr = real(lr, "lr", lo=0)
     grad_scale = real(grad_scale, "grad_scale", lo=0)
@@ -130,7 +124,7 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
     check_matching(params, "params", grads, "grads")
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of lists (init_state), got {type(state).__name__}")
-    names = [n for n, _ in OPTIM_STATE[rule]]
+    names = list(r.state_names)
     if sorted(state) != sorted(names):
         raise ValueError(f"state for {rule} must have keys {names}, got {sorted(state)}")
     states = []
@@ -141,5 +135,5 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
         states.append(s)
     check_no_overlap({"params": params, **{f"state[{n!r}]": s for n, s in zip(names, states)}},
                      {"grads": grads})
-    run(rule, params, grads, states, _scalars(rule, lr=lr, step=step, grad_scale=grad_scale, **h),
+    run(r.name, params, grads, states, r.scalars(lr=lr, step=step, grad_scale=grad_scale, **h),
         backend)

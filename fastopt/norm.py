@@ -31,8 +31,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _device, _dispatch, _mpi
-from ._reference.norm import pairwise_sum
-from ._registry import F32, F64, G_NORM, GUARD_WIDTH, GUARD_WINDOW
+from ._core import (EXP_LIMIT, F32, F64, G_NORM, GUARD_WIDTH, GUARD_WINDOW, SAFE_SUM,  # noqa: F401
+                    TINY, finish_norm, pairwise_sum, rescale_exp, sum_of_squares)
 from ._validate import (as_list, check_float_arrays, check_no_overlap, dtype_of, is_device_array,
                         real)
 
@@ -40,16 +40,9 @@ __all__ = ["global_norm", "clip_by_global_norm"]
 
 F16 = np.dtype(np.float16)
 
-#: A sum of squares at least this large (and finite) is right as it stands: squares that
-#: underflow (|x| < 2**-511) err by at most 2**-1075 each, n * 2**-1075 <= 2**-900 * 2**-120
-#: for any n < 2**55. Below it, or at inf, the max |x| decides whether to rescale.
-_SAFE_SUM = 2.0 ** -900
-#: Below this max |x|, float64 squares may underflow by enough to show: rescale. Elements
-#: smaller than 2**-511 square to subnormals; with max |x| >= 2**-480 their total error stays
-#: below 2**-1021 * n, which is under 1e-16 of max|x|**2 for any n < 2**40.
-_TINY = 2.0 ** -480
-#: The rescaling exponent is clamped so that 2**exp is a normal double.
-_EXP_LIMIT = 1000
+_SAFE_SUM = SAFE_SUM  # (the names this module has always had, for its readers)
+_rescale_exp = rescale_exp
+_finish = finish_norm
 
 
 class _Partials(NamedTuple):
@@ -89,28 +82,6 @@ def _pass(arrays, exp, backend, want_max=False) -> _Partials:
     return _Partials(sumsq, maxabs if want_max else None, exp)
 
 
-def _rescale_exp(total: float, maxabs: float) -> int:
-    """0 when sqrt(total) is already right, else the exponent e that puts 2**e * max|x| near 1."""
-    if math.isnan(total) or math.isinf(maxabs) or maxabs == 0:
-        return 0
-    if math.isinf(total) or maxabs < _TINY:
-        e = math.frexp(maxabs)[1]  # maxabs = f * 2**e, 0.5 <= f < 1
-        return max(-_EXP_LIMIT, min(_EXP_LIMIT, -e))
-    return 0
-
-
-def _finish(total: float, maxabs: float | None, exp: int) -> float:
-    """The norm from the all-array sum of squares taken at scale 2**exp."""
-    if math.isnan(total):
-        return math.nan
-    if maxabs is not None and math.isinf(maxabs):
-        return math.inf
-    try:
-        return math.ldexp(math.sqrt(total), -exp)
-    except OverflowError:  # a true norm above the largest double
-        return math.inf
-
-
 def _sum_of_squares(arrays, backend, want_max=False, comm=None):
     """-> (total, max |x| or None, partials): the float64 sum over all arrays at scale
     2**partials.exp, exact to rounding for every finite input.
@@ -120,24 +91,21 @@ def _sum_of_squares(arrays, backend, want_max=False, comm=None):
     ``comm``, ``total`` (and the max) are all-reduced over the ranks right after each pass, so
     ``total``, the max and every decision are the same on all ranks (``partials`` stay local).
     """
-    p = _pass(arrays, 0, backend, want_max)
-    total = pairwise_sum(p.sumsq)
+    reduce_sum = reduce_max = None
     if comm is not None:
-        total = _mpi.allreduce_sum(comm, total, what="global norm")
-    if math.isnan(total) or (_SAFE_SUM <= total < math.inf and not want_max):
-        return total, None, p
-    if p.maxabs is None:
-        p = _pass(arrays, 0, backend, True)
-    maxabs = float(np.fmax.reduce(p.maxabs, initial=0.0))
-    if comm is not None:  # no NaN here: a NaN anywhere made the global total NaN above
-        maxabs = _mpi.allreduce_max(comm, maxabs)
-    exp = _rescale_exp(total, maxabs)
-    if exp:
-        p = _pass(arrays, exp, backend, True)
-        total = pairwise_sum(p.sumsq)
-        if comm is not None:
-            total = _mpi.allreduce_sum(comm, total, what="global norm")
-    return total, maxabs, p
+        def reduce_sum(total):
+            return _mpi.allreduce_sum(comm, total, what="global norm")
+
+        def reduce_max(value):
+            return _mpi.allreduce_max(comm, value)
+    last = []
+
+    def read(exp, want):
+        p = _pass(arrays, exp, backend, want)
+        last[:] = [p]
+        return p.sumsq, p.maxabs
+    total, maxabs, _, _ = sum_of_squares(read, want_max, reduce_sum, reduce_max)
+    return total, maxabs, last[0]
 
 
 def _abandon(comm, what: str) -> None:

@@ -26,16 +26,18 @@ Every optimizer also takes the gradient-norm options of SPEC §3:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
 import numpy as np
 
+from . import _rules
 from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
-from ._registry import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
-                        GUARD_WINDOW, OPTIM_STATE)
+from ._core import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
+                    GUARD_WINDOW)
 from . import _dispatch
 from . import _device, _mpi
 from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
@@ -43,13 +45,14 @@ from ._validate import (Exclusive, as_list, check_float_arrays, check_like, chec
 from .schedules import as_schedule
 
 __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
-           "NAdam"]
+           "NAdam", "Lion", "Adagrad", "param_groups", "CLASSES"]
 
 
 _NONFINITE = ("skip", "raise", "ignore")
-#: State that no step can make negative (second-moment averages); a checkpoint holding
-#: negative values there would put NaN into the params.
-_NONNEGATIVE = {"rmsprop": ("v",), "adam": ("v",), "adamw": ("v",), "nadam": ("v",)}
+_P = inspect.Parameter
+#: The arguments every optimizer takes besides the rule's own (keyword-only).
+_COMMON = (("backend", None), ("max_grad_norm", None), ("nonfinite", "skip"), ("monitor", None),
+           ("comm", None))
 
 try:  # the per-step argument check's fast path; without the extension, Python's checks
     from ._C import like_addresses as _like_addresses
@@ -138,39 +141,82 @@ class _Guard:
         self.issued = 0
 
 
+class _Group:
+    """One parameter group: a slice of the optimizer's arrays with its own learning rate
+    (schedule) and hyperparameters."""
+    __slots__ = ("lo", "hi", "lr", "hyper")
+
+    def __init__(self, lo, hi, lr, hyper):
+        self.lo, self.hi, self.lr, self.hyper = lo, hi, lr, hyper
+
+
 class Optimizer:
-    """Base class; use the concrete optimizers below."""
+    """Base class; use the concrete optimizers below (one per rule of fastopt/_rules, whose
+    signature is derived from the rule's declaration).
+
+    ``params`` is a list of arrays, or a list of parameter groups as in torch.optim: dicts
+    ``{"params": [arrays], "lr": ..., <hyperparameter>: ...}`` whose missing entries take the
+    constructor's values (``fastopt.param_groups`` builds the usual no-decay split). Each
+    group computes its own scalars; groups whose scalars coincide share one native call.
+    State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``)."""
 
     rule = ""
 
-    def __init__(self, params, lr, *, backend=None, max_grad_norm=None, nonfinite="skip",
-                 monitor=None, comm=None, **hyper):
-        self.comm = _mpi.check_comm(comm)
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        r = _rules.RULES.get(cls.rule)
+        if r is None:
+            return
+        args = [_P("params", _P.POSITIONAL_OR_KEYWORD),
+                _P("lr", _P.POSITIONAL_OR_KEYWORD, **({} if r.lr is None else {"default": r.lr}))]
+        args += [_P(h.name, _P.POSITIONAL_OR_KEYWORD, default=h.default) for h in r.hyper]
+        args += [_P(n, _P.KEYWORD_ONLY, default=d) for n, d in _COMMON]
+        cls.__signature__ = inspect.Signature(args)
+
+    def __init__(self, *args, **kwargs):
+        rule = _rules.RULES.get(self.rule)
+        if rule is None:
+            raise TypeError("fastopt.Optimizer is a base class; use SGD, Adam, ... instead")
+        try:
+            bound = type(self).__signature__.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        params, lr = a.pop("params"), a.pop("lr")
+        common = {n: a.pop(n) for n, _ in _COMMON}
+        self.comm = _mpi.check_comm(common["comm"])
         self._exclusive = Exclusive()
+        self.lr = as_schedule(lr)
+        self.hyper = rule.check_hyper(**a)
         # A private list: the kernels take exactly these arrays, whatever is done to the
         # public tuple (a list that callers could append to would desynchronise the state).
-        self._params = as_list(params, "params")
+        self._params, self._groups = self._take_groups(rule, params)
         check_float_arrays(self._params, "params", writable=True)
         check_no_overlap({"params": self._params})
-        self.lr = as_schedule(lr)
-        self.hyper = F.check_hyper(self.rule, **hyper)
-        self.backend = backend
-        self.max_grad_norm = _check_max_grad_norm(max_grad_norm)
+        self.backend = common["backend"]
+        self.max_grad_norm = _check_max_grad_norm(common["max_grad_norm"])
+        nonfinite = common["nonfinite"]
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(map(repr, _NONFINITE))}, "
-                             f"got {nonfinite!r}")
+                             f"got {nonfinite!r:.80}")
         self.nonfinite = nonfinite
+        monitor = common["monitor"]
         if monitor is not None and not isinstance(monitor, GradNormMonitor):
             raise TypeError(f"monitor must be a fastopt.GradNormMonitor or None, got "
                             f"{type(monitor).__name__}")
         self.monitor = monitor
-        self.state = F.init_state(self.rule, self._params)
+        self.state = {n: [] for n in rule.state_names}
+        for g in self._groups:
+            for n, arrays in F.init_state(self.rule, self._params[g.lo:g.hi],
+                                          **(g.hyper or self.hyper)).items():
+                self.state[n] += arrays
         self._step_count = 0
         self._guard = None  # _Guard, once a guarded step ran on device arrays
         self._rows = {}  # step count -> Scalars, for guarded steps
         # params never change device or dtype: whether they could take guarded steps at all
         p = self._params
-        self._guardable = bool(p) and is_device_array(p[0]) and \
+        self._guardable = bool(p) and is_device_array(p[0]) and len(self._groups) == 1 and \
             len({str(dtype_of(a)) for a in p}) == 1
         # Params and state never move: remember their byte ranges once, so each step only has
         # to place the gradients among them (bisect) instead of re-sorting everything.
@@ -180,6 +226,59 @@ class Optimizer:
         self._nbytes = np.array([nbytes(p) for p in self._params], np.int64)
         self._starts = np.array([s for s, _ in spans], np.int64)
         self._ends = np.array([e for _, e in spans], np.int64)
+
+    def _take_groups(self, rule, params):
+        """(all arrays, [_Group]) from a list of arrays or a list of group dicts."""
+        if isinstance(params, dict):
+            raise TypeError("params must be a list of arrays or a list of param-group dicts, "
+                            "got a dict (wrap one group in a list)")
+        items = as_list(params, "params") if not isinstance(params, (list, tuple)) \
+            else list(params)
+        if not items or not all(isinstance(g, dict) for g in items):
+            if any(isinstance(g, dict) for g in items):
+                raise TypeError("params must be all arrays or all param-group dicts")
+            arrays = as_list(params, "params")
+            return arrays, [_Group(0, len(arrays), None, None)]  # None: the optimizer's own
+        arrays, groups = [], []
+        for j, g in enumerate(items):
+            where = f"param_groups[{j}]"
+            if "params" not in g:
+                raise ValueError(f"{where} has no 'params'")
+            unknown = [k for k in g if k not in ("params", "lr") + rule.hyper_names]
+            if unknown:
+                raise TypeError(f"{where}: {self.rule} does not take "
+                                f"{', '.join(map(repr, unknown))}; a group may set 'params', "
+                                f"'lr' and {', '.join(rule.hyper_names) or 'nothing else'}")
+            ga = as_list(g["params"], f"{where}['params']")
+            hyper = rule.check_hyper(f"{where}.", **{**self.hyper, **{
+                k: v for k, v in g.items() if k not in ("params", "lr")}})
+            lr = as_schedule(g["lr"]) if "lr" in g else self.lr
+            groups.append(_Group(len(arrays), len(arrays) + len(ga), lr, hyper))
+            arrays += ga
+        return arrays, groups
+
+    @property
+    def param_groups(self) -> list:
+        """[{"params": (arrays...), "lr": schedule, <hyperparameter>: value}] per group."""
+        return [{"params": tuple(self._params[g.lo:g.hi]), "lr": g.lr or self.lr,
+                 **(g.hyper or self.hyper)} for g in self._groups]
+
+    def _run(self, grads, t, lrs, scale):
+        """The update of step count t (group j at rate lrs[j]): one native call per distinct
+        set of group scalars."""
+        if len(self._groups) == 1:
+            k = F._scalars(self.rule, lr=lrs[0], step=t, grad_scale=scale, **self.hyper)
+            F.run(self.rule, self._params, grads, self._states(), k, self.backend)
+            return
+        runs = {}
+        for g, glr in zip(self._groups, lrs):
+            k = F._scalars(self.rule, lr=glr, step=t, grad_scale=scale,
+                           **(g.hyper or self.hyper))
+            runs.setdefault(k, []).extend(range(g.lo, g.hi))
+        states = self._states()
+        for k, idx in runs.items():
+            F.run(self.rule, [self._params[i] for i in idx], [grads[i] for i in idx],
+                  [[s[i] for i in idx] for s in states], k, self.backend)
 
     @property
     def params(self) -> tuple:
@@ -192,7 +291,7 @@ class Optimizer:
             yield from arrays
 
     def _states(self):
-        return [self.state[name] for name, _ in OPTIM_STATE[self.rule]]
+        return [self.state[name] for name in _rules.RULES[self.rule].state_names]
 
     def _check_grads(self, grads) -> list:
         grads = as_list(grads, "grads")
@@ -280,6 +379,8 @@ class Optimizer:
             self._settle()
             t = self._step_count
             lr = self.lr_at(t)
+            lrs = [lr if g.lr is None else real(g.lr(t), f"param_groups[{j}] lr({t})", lo=0)
+                   for j, g in enumerate(self._groups)]
         except Exception:
             if self.comm is not None and need_norm:
                 _norm._abandon(self.comm, "step")
@@ -297,8 +398,7 @@ class Optimizer:
                 return StepResult(grad_norm=norm, clipped=False, skipped=True, lr=lr)
             if limit is not None and math.isfinite(norm) and norm > limit:
                 scale, clipped = limit / norm, True
-        k = F._scalars(self.rule, lr=lr, step=t, grad_scale=scale, **self.hyper)
-        F.run(self.rule, self._params, grads, self._states(), k, self.backend)
+        self._run(grads, t, lrs, scale)
         self._step_count = t + 1
         if self._guard is not None:
             self._guard = None  # the host path moved the count on
@@ -462,7 +562,7 @@ class Optimizer:
                 if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
                     raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
                                      f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
-                if name in _NONNEGATIVE.get(self.rule, ()) and np.any(v < 0):
+                if name in _rules.RULES[self.rule].nonnegative and np.any(v < 0):
                     raise ValueError(f"state dict '{name}.{i}' holds negative values; it is a "
                                      "running mean of squares, which no step makes negative")
         # The policy and the monitor check their own parts; undo the first if the second fails.
@@ -491,26 +591,16 @@ class Optimizer:
         return f"{type(self).__name__}({len(self._params)} arrays, lr={self.lr!r}, {h})"
 
 
+# -- The optimizers: one thin class per rule; arguments and defaults come from fastopt/_rules --
+
 class SGD(Optimizer):
     r"""theta <- theta - eta_t (g + lambda theta)."""
     rule = "sgd"
-
-    def __init__(self, params, lr, *, weight_decay=0.0, backend=None, max_grad_norm=None,
-                 nonfinite="skip", monitor=None, comm=None):
-        super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
-                         comm=comm)
 
 
 class Momentum(Optimizer):
     r"""Heavy ball: v <- gamma v + g; theta <- theta - eta_t v (v starts at 0)."""
     rule = "momentum"
-
-    def __init__(self, params, lr, momentum=0.9, *, weight_decay=0.0, backend=None,
-                 max_grad_norm=None, nonfinite="skip", monitor=None, comm=None):
-        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
-                         comm=comm)
 
 
 class Nesterov(Momentum):
@@ -523,13 +613,6 @@ class RMSProp(Optimizer):
     theta <- theta - m."""
     rule = "rmsprop"
 
-    def __init__(self, params, lr, rho=0.9, momentum=0.0, eps=1e-8, *, weight_decay=0.0,
-                 backend=None, max_grad_norm=None, nonfinite="skip", monitor=None, comm=None):
-        super().__init__(params, lr, rho=rho, momentum=momentum, eps=eps,
-                         weight_decay=weight_decay, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
-                         comm=comm)
-
 
 class Adam(Optimizer):
     r"""m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
@@ -540,34 +623,64 @@ class Adam(Optimizer):
     """
     rule = "adam"
 
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
-                 monitor=None, comm=None):
-        super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                         torch_compat=torch_compat, backend=backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
-                         comm=comm)
-
 
 class AdamW(Adam):
     r"""Adam with decoupled weight decay: theta <- theta - eta_t lambda theta_old - (Adam step)."""
     rule = "adamw"
-
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
-                 torch_compat=False, backend=None, *, max_grad_norm=None, nonfinite="skip",
-                 monitor=None, comm=None):
-        super().__init__(params, lr, beta1, beta2, eps, weight_decay, torch_compat, backend,
-                         max_grad_norm=max_grad_norm, nonfinite=nonfinite, monitor=monitor,
-                         comm=comm)
 
 
 class NAdam(Optimizer):
     r"""Adam with Nesterov momentum: theta <- theta - eta_t b (b1 m + (1-b1) g) / (sqrt(v) + eps)."""
     rule = "nadam"
 
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 backend=None, *, max_grad_norm=None, nonfinite="skip", monitor=None,
-                 comm=None):
-        super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                         backend=backend, max_grad_norm=max_grad_norm, nonfinite=nonfinite,
-                         monitor=monitor, comm=comm)
+
+class Lion(Optimizer):
+    r"""Lion (Chen et al. 2023; optax.lion): u <- b1 m + (1-b1) g;
+    theta <- (1 - eta_t lambda) theta - eta_t sign(u); m <- b2 m + (1-b2) g (m starts at 0).
+
+    The decay is decoupled (default lambda = 1e-3, as optax). Use a learning rate 3-10x
+    below AdamW's."""
+    rule = "lion"
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad, as torch.optim.Adagrad: s <- s + g^2 (s starts at
+    ``initial_accumulator_value``); theta <- theta - eta_t / (1 + t lr_decay) g / (sqrt(s) + eps),
+    with coupled L2 decay g <- g + lambda theta."""
+    rule = "adagrad"
+
+
+#: rule name -> its optimizer class
+CLASSES = {cls.rule: cls for cls in (SGD, Momentum, Nesterov, RMSProp, Adam, AdamW, NAdam, Lion,
+                                     Adagrad)}
+
+
+def _no_decay_default(name, array) -> bool:
+    return np.ndim(array) <= 1
+
+
+def param_groups(named_arrays, *, no_decay=_no_decay_default, weight_decay=None) -> list:
+    """The usual two parameter groups: arrays that decay, and those that don't (biases and
+    norm scales: by default every array with ndim <= 1), the second with weight_decay=0.
+
+    ``named_arrays``: a mapping name -> array, or (name, array) pairs (``model.items()``).
+    ``no_decay(name, array)`` says which arrays are exempt. ``weight_decay``, if given, is set on
+    the decaying group (else it takes the optimizer's). Empty groups are left out.
+    ``fastopt.AdamW(fastopt.param_groups(params), lr=1e-3)``."""
+    if not callable(no_decay):
+        raise TypeError(f"no_decay must be a callable (name, array) -> bool, got "
+                        f"{type(no_decay).__name__}")
+    items = list(named_arrays.items() if hasattr(named_arrays, "items") else named_arrays)
+    for j, item in enumerate(items):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"named_arrays[{j}] must be a (name, array) pair, got "
+                            f"{type(item).__name__}")
+    decay = [a for n, a in items if not no_decay(n, a)]
+    exempt = [a for n, a in items if no_decay(n, a)]
+    out = []
+    if decay:
+        out.append({"params": decay} if weight_decay is None
+                   else {"params": decay, "weight_decay": weight_decay})
+    if exempt:
+        out.append({"params": exempt, "weight_decay": 0.0})
+    return out

@@ -98,7 +98,8 @@ def test_hyperparameters_per_optimizer():
         fastopt.Momentum(p, 0.1, momentum=-0.5)
     with pytest.raises(ValueError, match="rho must be"):
         fastopt.RMSProp(p, 0.1, rho=1.0)
-    with pytest.raises(ValueError, match="torch_compat applies to adam"):
+    # a hyperparameter the rule does not take is refused by name (not silently ignored)
+    with pytest.raises(TypeError, match="nadam does not take 'torch_compat'"):
         F.update("nadam", p, [np.ones(3)], F.init_state("nadam", p), step=0, lr=0.1,
                  torch_compat=True)
 
@@ -118,7 +119,7 @@ def test_functional_rejects_and_writes_nothing():
     st = F.init_state("momentum", p)
     before = snapshot(p) + snapshot(st["v"])
     cases = [
-        (dict(rule="lion"), ValueError, "rule must be one of"),
+        (dict(rule="lion?"), ValueError, "rule must be one of"),
         (dict(step=-1), ValueError, "step must be >= 0"),
         (dict(step=1.5), TypeError, "step must be an integer"),
         (dict(grad_scale=-1.0), ValueError, "grad_scale must be"),

@@ -12,9 +12,7 @@ from fastopt._registry import OPTIMIZERS
 
 from conftest import TOL, cpu_cases, snapshot
 
-CLASSES = {"sgd": fastopt.SGD, "momentum": fastopt.Momentum, "nesterov": fastopt.Nesterov,
-           "rmsprop": fastopt.RMSProp, "adam": fastopt.Adam, "adamw": fastopt.AdamW,
-           "nadam": fastopt.NAdam}
+CLASSES = fastopt.optim.CLASSES
 SIZES = (1, 7, 129, 4097, 20_000)
 
 

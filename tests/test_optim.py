@@ -11,9 +11,7 @@ from fastopt._registry import KERNELS, OPTIMIZERS
 
 from conftest import TOL, cpu_cases
 
-CLASSES = {"sgd": fastopt.SGD, "momentum": fastopt.Momentum, "nesterov": fastopt.Nesterov,
-           "rmsprop": fastopt.RMSProp, "adam": fastopt.Adam, "adamw": fastopt.AdamW,
-           "nadam": fastopt.NAdam}
+CLASSES = fastopt.optim.CLASSES
 
 #: Hyperparameter rows per rule (besides lr); the defaults row is always included.
 HYPER = {
@@ -25,6 +23,9 @@ HYPER = {
              {"torch_compat": True, "weight_decay": 0.01}],
     "adamw": [{}, {"weight_decay": 0.3, "beta1": 0.0}, {"torch_compat": True}],
     "nadam": [{}, {"beta1": 0.8, "beta2": 0.95, "weight_decay": 0.05}],
+    "lion": [{}, {"beta1": 0.5, "beta2": 0.9, "weight_decay": 0.1}, {"weight_decay": 0.0}],
+    "adagrad": [{}, {"lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.5,
+                     "eps": 1e-3}],
 }
 
 LAYOUTS = {"one": (1000,), "odd": (1, 7, 129, 4097, 100003), "shaped": ((3, 5), (17, 1, 4), (33,))}

@@ -15,9 +15,7 @@ from fastopt._validate import MAX_STEP
 
 from conftest import snapshot
 
-CLASSES = {"sgd": fastopt.SGD, "momentum": fastopt.Momentum, "nesterov": fastopt.Nesterov,
-           "rmsprop": fastopt.RMSProp, "adam": fastopt.Adam, "adamw": fastopt.AdamW,
-           "nadam": fastopt.NAdam}
+CLASSES = fastopt.optim.CLASSES
 CPU = [b for b in ("cpp", "numba", "numpy") if not _dispatch.unavailable_reason(b)]
 
 

@@ -6,14 +6,14 @@
 
 namespace fastopt {
 
-// Order of the host scalars; must match fastopt._registry.OPTIM_SCALARS.
+// Order of the host scalars; must match fastopt._core.OPTIM_SCALARS.
 enum OptimScalar { kLr, kWd, kGscale, kMomentum, kRho, kBeta1, kBeta2, kEps, kAlpha, kC, kDecay,
                    kNm, kNg, kEpsOut, kLrOut, kNumOptimScalars };
 
 template <class A>
 struct OptimCoef {
   A lr, wd, gscale, momentum, rho, omrho, beta1, omb1, beta2, omb2, eps, alpha, c, decay;
-  A nm, ng, eps_out, lr_out;  // NAdam numerator; RMSProp's outer eps and lr (see _registry)
+  A nm, ng, eps_out, lr_out;  // NAdam numerator; RMSProp's outer eps and lr (see fastopt._core)
   FO_HD static OptimCoef make(const double* s) {
     OptimCoef k;
     k.lr = A(s[kLr]); k.wd = A(s[kWd]); k.gscale = A(s[kGscale]); k.momentum = A(s[kMomentum]);
@@ -77,4 +77,43 @@ struct Adam {
   }
 };
 
+// Lion: u <- b1 m + (1-b1) g; theta <- decay theta - lr sign(u); m <- b2 m + (1-b2) g.
+// lr sign(u) is +-lr exactly; sign(0) = 0 and sign(NaN) = NaN (u * lr keeps both).
+struct Lion {
+  static constexpr int kStates = 1;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A& m, A&, const OptimCoef<A>& k) {
+    const A gg = effective_grad(p, g, k);
+    const A u = k.beta1 * m + k.omb1 * gg;
+    const A step = u > A(0) ? k.lr : (u < A(0) ? -k.lr : u * k.lr);
+    p = k.decay * p - step;
+    m = k.beta2 * m + k.omb2 * gg;
+  }
+};
+
+// Adagrad (torch.optim.Adagrad): s <- s + g^2; theta <- theta - lr (g / (sqrt(s) + eps)), where
+// the host folds lr_decay into lr.
+struct Adagrad {
+  static constexpr int kStates = 1;
+  template <class A>
+  FO_HD FO_INLINE static void apply(A& p, A g, A& s, A&, const OptimCoef<A>& k) {
+    const A gg = effective_grad(p, g, k);
+    s = s + gg * gg;
+    p = p - k.lr * (gg / (fo_sqrt(s) + k.eps));
+  }
+};
+
 }  // namespace fastopt
+
+// Every element-math kernel: X(name, struct), the name being the rule declaration's `kernel`
+// (fastopt/_rules). The CPU and CUDA traversals expand this list; a new rule is its struct above
+// and one line here.
+#define FASTOPT_OPTIM_RULES(X)        \
+  X(sgd, ::fastopt::Sgd)              \
+  X(momentum, ::fastopt::Momentum<false>) \
+  X(nesterov, ::fastopt::Momentum<true>)  \
+  X(rmsprop, ::fastopt::RmsProp)      \
+  X(adam, ::fastopt::Adam<false>)     \
+  X(nadam, ::fastopt::Adam<true>)     \
+  X(lion, ::fastopt::Lion)            \
+  X(adagrad, ::fastopt::Adagrad)

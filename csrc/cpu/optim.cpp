@@ -86,21 +86,20 @@ void run_dtype(const py::list& params, const py::list& grads, const py::list& st
   throw py::type_error("params must be float32 or float64");
 }
 
-void optim_update(const std::string& rule, const py::list& params, const py::list& grads,
+// `kernel`: a rule declaration's kernel name (fastopt/_rules), one of FASTOPT_OPTIM_RULES.
+void optim_update(const std::string& kernel, const py::list& params, const py::list& grads,
                   const py::list& states, const std::vector<double>& scalars) {
-  if (rule == "sgd") return run_dtype<Sgd>(params, grads, states, scalars);
-  if (rule == "momentum") return run_dtype<Momentum<false>>(params, grads, states, scalars);
-  if (rule == "nesterov") return run_dtype<Momentum<true>>(params, grads, states, scalars);
-  if (rule == "rmsprop") return run_dtype<RmsProp>(params, grads, states, scalars);
-  if (rule == "adam" || rule == "adamw") return run_dtype<Adam<false>>(params, grads, states, scalars);
-  if (rule == "nadam") return run_dtype<Adam<true>>(params, grads, states, scalars);
-  throw py::value_error("unknown optimizer rule: " + rule);
+#define FO_RULE_CASE(NAME, R) \
+  if (kernel == #NAME) return run_dtype<R>(params, grads, states, scalars);
+  FASTOPT_OPTIM_RULES(FO_RULE_CASE)
+#undef FO_RULE_CASE
+  throw py::value_error("unknown optimizer kernel: " + kernel);
 }
 
 }  // namespace
 
 void bind_optim(py::module_& m) {
-  m.def("optim_update", &optim_update, py::arg("rule"), py::arg("params"), py::arg("grads"),
+  m.def("optim_update", &optim_update, py::arg("kernel"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("scalars"),
         "Fused in-place optimizer update over lists of arrays (one call, GIL released).");
 }

@@ -159,21 +159,15 @@ void launch_dtype(DType dt, const Ptrs& params, const Ptrs& grads, const std::ve
   throw std::invalid_argument("unsupported dtype");
 }
 
+// `rule`: a rule declaration's kernel name (fastopt/_rules), one of FASTOPT_OPTIM_RULES.
 void launch_rule(const std::string& rule, DType dt, const Ptrs& params, const Ptrs& grads,
                  const std::vector<Ptrs>& states, const Sizes& sizes,
                  const std::vector<double>& scalars, cudaStream_t st, const Guarded* g) {
-  if (rule == "sgd") return launch_dtype<Sgd>(dt, params, grads, states, sizes, scalars, st, g);
-  if (rule == "momentum")
-    return launch_dtype<Momentum<false>>(dt, params, grads, states, sizes, scalars, st, g);
-  if (rule == "nesterov")
-    return launch_dtype<Momentum<true>>(dt, params, grads, states, sizes, scalars, st, g);
-  if (rule == "rmsprop")
-    return launch_dtype<RmsProp>(dt, params, grads, states, sizes, scalars, st, g);
-  if (rule == "adam" || rule == "adamw")
-    return launch_dtype<Adam<false>>(dt, params, grads, states, sizes, scalars, st, g);
-  if (rule == "nadam")
-    return launch_dtype<Adam<true>>(dt, params, grads, states, sizes, scalars, st, g);
-  throw std::invalid_argument("unknown optimizer rule: " + rule);
+#define FO_RULE_CASE(NAME, R) \
+  if (rule == #NAME) return launch_dtype<R>(dt, params, grads, states, sizes, scalars, st, g);
+  FASTOPT_OPTIM_RULES(FO_RULE_CASE)
+#undef FO_RULE_CASE
+  throw std::invalid_argument("unknown optimizer kernel: " + rule);
 }
 
 }  // namespace

@@ -18,21 +18,9 @@ import math
 
 import numpy as np
 
-from .._registry import NORM_BLOCK, NORM_LANES
+from .._core import (NORM_BLOCK, NORM_LANES, finish_norm, guard_decide, pairwise_sum,  # noqa: F401
+                     sum_of_squares)
 from .._validate import check_kernel_arrays
-
-
-def pairwise_sum(values) -> float:
-    """Fold-in-halves sum of float64 values: pad with zeros to a power of two, v[j] += v[j+h]."""
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if v.size == 0:
-        return 0.0
-    width = 1 << (v.size - 1).bit_length()
-    v = np.concatenate([v, np.zeros(width - v.size)])
-    while v.size > 1:
-        h = v.size // 2
-        v = v[:h] + v[h:]
-    return float(v[0])
 
 
 def _block_sums(arrays, scale):
@@ -99,6 +87,14 @@ def norm_scale(arrays, factor):
 def guarded_norm(arrays, ctl):
     """The norm of ``arrays`` into ctl[0, G_NORM] (and ctl[1], a guarded step's slot row, as
     the device kernels do), deciding nothing else: fastopt.global_norm(as_array=True)."""
-    from ..norm import _norm_checked
-    from .optim import guard_decide
-    guard_decide(ctl, _norm_checked(arrays, "numpy"), 1, 0, math.inf, False, 1, 0)
+    guard_decide(ctl, norm_value(arrays), 1, 0, math.inf, False, 1, 0)
+
+
+def norm_value(arrays) -> float:
+    """The global 2-norm of validated host arrays by this backend's passes (SPEC §3): what
+    ``fastopt.global_norm`` returns, bit for bit."""
+    def read(exp, want_max):
+        s, m = norm_partials(arrays, math.ldexp(1.0, exp), want_max)
+        return np.asarray(s, np.float64), (np.asarray(m, np.float64) if want_max else None)
+    total, maxabs, exp, _ = sum_of_squares(read)
+    return finish_norm(total, maxabs, exp)
