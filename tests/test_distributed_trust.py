@@ -132,7 +132,7 @@ def test_flatten_arguments(arrays, kw, exc, pattern):
     (("adam", COMM), {"foo": 1}, TypeError, "foo"),
     (("adam", COMM), {"lr": -1.0}, ValueError, "lr"),
     (("adam", COMM), {"monitor": "yes"}, TypeError, "monitor"),
-    (("adagrad", COMM), {}, ValueError, "optimizer"),
+    (("adamax", COMM), {}, ValueError, "optimizer"),
     ((b"adam", COMM), {}, TypeError, "optimizer"),
     ((fastopt.Optimizer, COMM), {}, TypeError, "optimizer"),
     ((int, COMM), {}, TypeError, "optimizer"),

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastopt import _dispatch, _registry
+from fastopt import _dispatch, _registry, _rules
 from fastopt import functional as F
 
 from conftest import snapshot
@@ -185,9 +185,10 @@ def test_fuzz_optim_kernel(sizes, rule, f64, threads, backend, seed, corrupt):
     rng = np.random.default_rng(seed)
     p = [rng.standard_normal(n).astype(dtype) for n in sizes]
     g = [rng.standard_normal(n).astype(dtype) for n in sizes]
-    init = dict(_registry.OPTIM_STATE[rule])
-    s = [[np.full(n, v, dtype) for n in sizes] for v in init.values()]
-    k = F.scalars(rule, lr=0.01, step=3, weight_decay=0.01, momentum=0.9)
+    r = _rules.RULES[rule]
+    h = {n: v for n, v in (("weight_decay", 0.01), ("momentum", 0.9)) if n in r.hyper_names}
+    s = [[np.full(n, v, dtype) for n in sizes] for _, v in r.initial_values(r.check_hyper(**h))]
+    k = F.scalars(rule, lr=0.01, step=3, **h)
     set_threads(backend, threads)
     if corrupt is None:
         ref_p, ref_s = [a.copy() for a in p], [[a.copy() for a in lst] for lst in s]

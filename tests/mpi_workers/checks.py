@@ -344,7 +344,7 @@ def bad_communicator_type():
                           "comm must be an mpi4py")
     raises_everywhere(lambda: D.ShardedOptimizer(model(np.float32), "adam", None), TypeError,
                       "comm is required")
-    raises_everywhere(lambda: D.ShardedOptimizer(model(np.float32), "adagrad", comm), ValueError,
+    raises_everywhere(lambda: D.ShardedOptimizer(model(np.float32), "adamax", comm), ValueError,
                       "optimizer must be one of")
 
 
