@@ -52,6 +52,17 @@ def coefficients(k: Scalars) -> tuple:
             k.lr_out)
 
 
+#: The coefficients as a record, each in the arithmetic type: what the Numba kernels' element
+#: functions read (``c.lr``, ``c.omb1``...). A named tuple: passed by value, so a kernel's
+#: loop never reloads it after a store.
+Coef = namedtuple("Coef", COEF_FIELDS)
+
+
+def coef(k: Scalars, T) -> Coef:
+    """The kernels' coefficients for scalars ``k``, each rounded once to the scalar type T."""
+    return Coef(*map(T, coefficients(k)))
+
+
 def make_scalars(lr: float, grad_scale: float = 1.0, **fields) -> Scalars:
     """Scalars with the fields a rule does not read at neutral values (no decay, no momentum,
     unit bias corrections)."""

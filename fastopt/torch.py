@@ -87,7 +87,8 @@ import torch
 
 from . import _dispatch
 from . import functional as F
-from ._registry import ALL_BACKENDS, OPTIM_STATE, Scalars
+from . import _rules
+from ._registry import ALL_BACKENDS, Scalars
 from ._validate import MAX_STEP, Exclusive, dtype_of, real
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]
@@ -801,8 +802,9 @@ class SGD(_Fused, torch.optim.SGD):
         s = self._gscale(h, scale)
         if d and b.t > 0 and h["momentum"] != 0:  # torch: buf <- mu buf + (1 - d) g after buf = g
             s, wd = s * (1.0 - d), wd * (1.0 - d)
-        return F.scalars(self._rule(h), lr=lr, step=min(b.t, 1), grad_scale=s,
-                         weight_decay=wd, momentum=h["momentum"])
+        rule = self._rule(h)
+        mom = {} if rule == "sgd" else {"momentum": h["momentum"]}
+        return F.scalars(rule, lr=lr, step=min(b.t, 1), grad_scale=s, weight_decay=wd, **mom)
 
 
 class RMSprop(_Fused, torch.optim.RMSprop):
@@ -815,7 +817,7 @@ class RMSprop(_Fused, torch.optim.RMSprop):
         return "rmsprop"
 
     def _tensors(self, h):
-        v0 = dict(OPTIM_STATE["rmsprop"])["v"] if self.semantics == "fastopt" else 0.0
+        v0 = dict(_rules.get("rmsprop").state)["v"] if self.semantics == "fastopt" else 0.0
         # the kernel always updates m; without momentum torch keeps no buffer, and m is then
         # a scratch array of the plan (its old value is multiplied by 0)
         return (("v", "square_avg", v0, True),

@@ -264,7 +264,9 @@ def test_torch_variant_scalars_same_bits_on_every_cpu_backend(rule):
     from fastopt import functional as F
     from fastopt._dispatch import available_backends
 
-    k = F.scalars(rule, lr=1e-2, step=3, weight_decay=0.01, momentum=0.5, beta1=0.8)
+    hyper = {n: v for n, v in dict(weight_decay=0.01, momentum=0.5, beta1=0.8).items()
+             if n in F.hyperparameters(rule)}
+    k = F.scalars(rule, lr=1e-2, step=3, **hyper)
     k = k._replace(eps=0.0, eps_out=1e-6, lr=1.0, lr_out=3e-2, nm=0.71, ng=0.23, alpha=1.0,
                    c=0.5)
     sizes = [1, 7, 129, 4097]

@@ -13,7 +13,7 @@ from numba import carray, njit, prange
 from .._registry import NORM_BLOCK, NORM_LANES
 from .._validate import kernel_addresses
 from . import elements as E
-from .optim import _JIT, SERIAL_BELOW, _pointer, _twins
+from ._jit import JIT as _JIT, SERIAL_BELOW, pointer as _pointer, twins as _twins
 
 # Literal, not read from the registry: numba's on-disk cache only notices edits to this file, so
 # a changed registry must fail here instead of running stale compiled constants.

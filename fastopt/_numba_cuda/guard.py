@@ -9,26 +9,23 @@ cannot overflow or underflow in float64).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from numba import cuda
 
+from .. import _rules
+from .._core import (COEF_FIELDS, G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW,
+                     G_SCALE, G_SEQ, G_SKIPPED, NORM_BLOCK, NORM_LANES, SAFE_SUM, coef,
+                     guard_outcome, rescale_exp)
 from .._numba import elements as E
-from .._registry import (G_APPLIED, G_CLIPPED, G_EXP, G_MAXABS, G_NORM, G_ROW, G_SCALE,
-                         G_SEQ, G_SKIPPED, NORM_BLOCK, NORM_LANES, OPTIM_KERNEL)
-from .. import norm as norm_host
-from .._reference.optim import guard_outcome
-from ..norm import _SAFE_SUM
 from ._common import SIMULATOR, THREADS, as_numba, blocks, stream_of
 from .norm import _partials
-from .optim import _e_adam, _e_momentum, _e_rmsprop, _e_sgd
-
+from .optim import arrays_of, element_env, jit_with
 
 _fold = cuda.jit(device=True)(E.fold_pairwise)
-
-
-_rescale_exp = cuda.jit(device=True)(norm_host._rescale_exp)
+_rescale_exp = cuda.jit(device=True)(rescale_exp)
 _outcome = cuda.jit(device=True)(guard_outcome)
 
 
@@ -56,7 +53,7 @@ def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfi
         mx = 0.0
         for b in range(first[na]):
             mx = bmax[b] if bmax[b] > mx else mx
-        safe = math.isnan(total) or _SAFE_SUM <= total < math.inf  # as fastopt.norm decides
+        safe = math.isnan(total) or SAFE_SUM <= total < math.inf  # as fastopt.norm decides
         exp = 0 if safe else _rescale_exp(total, mx)
         ctl[0, G_EXP] = exp
         ctl[0, G_MAXABS] = mx
@@ -92,41 +89,39 @@ def _decide(bsum, bmax, first, sums, second, ctl, nrows, t_lo, limit, skip_nonfi
         mirror[slot, G_SEQ] = seq
 
 
-# The update kernels: the rule's element function with the device's row of scalars and scale.
-# coef[r] is E.scalar_args(rule, rows[r], T) without its trailing flag (gscale's slot unused).
+# The update kernel: the rule's element function with the device's row of scalars, whose
+# gscale is the scale the device decided (rounded once to the storage dtype, in gs[0]).
 
-@cuda.jit
-def _sgd(p, g, coef, gs, ctl):
+def _guarded_update(p, g, s0, s1, rows, gs, ctl):
     i = cuda.grid(1)
     if i < p.size and ctl[0, G_SKIPPED] == 0:
-        c = coef[int(ctl[0, G_ROW])]
-        p[i] = _e_sgd(p[i], g[i], c[0], c[1], gs[0])
+        r = rows[int(ctl[0, G_ROW])]
+        c = _with_gscale(r, gs[0])
+        if NSTATES == 0:  # noqa: F821 - a global of the compiled copy (optim.jit_with)
+            p[i], _a, _b = ELEMENT(p[i], g[i], p[i], p[i], c)  # noqa: F821
+        elif NSTATES == 1:  # noqa: F821
+            p[i], s0[i], _b = ELEMENT(p[i], g[i], s0[i], s0[i], c)  # noqa: F821
+        else:
+            p[i], s0[i], s1[i] = ELEMENT(p[i], g[i], s0[i], s1[i], c)  # noqa: F821
 
 
-@cuda.jit
-def _momentum(p, g, v, coef, gs, ctl, nesterov):
-    i = cuda.grid(1)
-    if i < p.size and ctl[0, G_SKIPPED] == 0:
-        c = coef[int(ctl[0, G_ROW])]
-        p[i], v[i] = _e_momentum(p[i], g[i], v[i], c[0], c[1], gs[0], c[3], nesterov)
+if SIMULATOR:
+    def _with_gscale(c, s):
+        return c._replace(gscale=s)
+else:
+    from numba.cpython.unsafe.tuple import tuple_setitem
+
+    _GSCALE = COEF_FIELDS.index("gscale")
+
+    @cuda.jit(device=True, inline=True)
+    def _with_gscale(c, s):
+        """The record ``c`` with its gscale replaced by ``s`` (a new record, by value)."""
+        return tuple_setitem(c, _GSCALE, s)
 
 
-@cuda.jit
-def _rmsprop(p, g, v, m, coef, gs, ctl):
-    i = cuda.grid(1)
-    if i < p.size and ctl[0, G_SKIPPED] == 0:
-        c = coef[int(ctl[0, G_ROW])]
-        p[i], v[i], m[i] = _e_rmsprop(p[i], g[i], v[i], m[i], c[0], c[1], gs[0], c[3], c[4],
-                                      c[5], c[6], c[7], c[8])
-
-
-@cuda.jit
-def _adam(p, g, m, v, coef, gs, ctl, nadam):
-    i = cuda.grid(1)
-    if i < p.size and ctl[0, G_SKIPPED] == 0:
-        c = coef[int(ctl[0, G_ROW])]
-        p[i], m[i], v[i] = _e_adam(p[i], g[i], m[i], v[i], c[0], gs[0], c[2], c[3], c[4], c[5],
-                                   c[6], c[7], c[8], c[9], c[10], c[11], nadam)
+@functools.lru_cache(maxsize=None)
+def _update_kernel(name):
+    return jit_with(_guarded_update, element_env(name))
 
 
 def _norm_passes(grads, ctl, nrows, t_lo, limit, skip_nonfinite, slot, seq, mirror):
@@ -165,28 +160,15 @@ def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite,
                  mirror=None):
     if not params:
         return
-    kernel = OPTIM_KERNEL[rule]
     T = np.dtype(grads[0].dtype).type
     stream = stream_of(grads[0])
     flat, gs = _norm_passes(grads, ctl, len(rows), t_lo, limit, skip_nonfinite, slot, seq,
                             mirror)
     ctl = as_numba(ctl)
-    coef = np.array([E.scalar_args(kernel, k, T)[:_NCOEF[kernel]] for k in rows], dtype=T)
-    coef = cuda.to_device(coef, stream=stream)
+    rows = tuple(coef(k, T) for k in rows)  # a tuple of records: the device picks one
+    fn = _update_kernel(_rules.RULES[rule].kernel)
     for i, p in enumerate(params):
         n = int(p.size)
-        if n == 0:
-            continue
-        arrays = [as_numba(p).reshape(n), flat[i]] + [as_numba(s[i]).reshape(n) for s in states]
-        launch = (blocks(n), THREADS, stream)
-        if kernel == "sgd":
-            _sgd[launch](*arrays, coef, gs, ctl)
-        elif kernel in ("momentum", "nesterov"):
-            _momentum[launch](*arrays, coef, gs, ctl, kernel == "nesterov")
-        elif kernel == "rmsprop":
-            _rmsprop[launch](*arrays, coef, gs, ctl)
-        else:
-            _adam[launch](*arrays, coef, gs, ctl, kernel == "nadam")
-
-
-_NCOEF = {"sgd": 3, "momentum": 4, "nesterov": 4, "rmsprop": 9, "adam": 12, "nadam": 12}
+        if n:
+            fn[blocks(n), THREADS, stream](*arrays_of(n, p, flat[i], [s[i] for s in states]),
+                                           rows, gs, ctl)

@@ -1,65 +1,70 @@
-"""numba-cuda optimizer kernels: the per-element math and order of csrc/common/optim_math.h.
+"""numba-cuda optimizer kernels: each rule's element function (its declaration in
+fastopt/_rules), in the order of csrc/common/optim_math.h, one launch per array.
 
-Scalars are rounded to the storage dtype once on the host (the kernels' ``OptimCoef``), so
-float32 arrays compute in float32 and float64 arrays in float64, as on every other backend.
+Scalars are rounded to the storage dtype once on the host (``_core.Coef``, the kernels'
+``OptimCoef``), so float32 arrays compute in float32 and float64 arrays in float64, as on every
+other backend. The kernels are built per element-math kernel from its declaration on first use.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import cuda
 
-from .._numba import elements as E
-from .._registry import OPTIM_KERNEL
+from .. import _rules
+from .._core import coef
 from ._common import THREADS, as_numba, blocks, stream_of
 
 
-_e_sgd, _e_momentum, _e_rmsprop, _e_adam = (
-    cuda.jit(device=True, inline=True)(f) for f in (E.sgd, E.momentum, E.rmsprop, E.adam))
-
-
-@cuda.jit
-def _sgd(p, g, lr, wd, gs):
+def _update(p, g, s0, s1, c):
+    """One element per thread; unused states alias p and are never written."""
     i = cuda.grid(1)
     if i < p.size:
-        p[i] = _e_sgd(p[i], g[i], lr, wd, gs)
+        if NSTATES == 0:  # noqa: F821 - a global of the compiled copy (see jit_with)
+            p[i], _a, _b = ELEMENT(p[i], g[i], p[i], p[i], c)  # noqa: F821
+        elif NSTATES == 1:  # noqa: F821
+            p[i], s0[i], _b = ELEMENT(p[i], g[i], s0[i], s0[i], c)  # noqa: F821
+        else:
+            p[i], s0[i], s1[i] = ELEMENT(p[i], g[i], s0[i], s1[i], c)  # noqa: F821
 
 
-@cuda.jit
-def _momentum(p, g, v, lr, wd, gs, mom, nesterov):
-    i = cuda.grid(1)
-    if i < p.size:
-        p[i], v[i] = _e_momentum(p[i], g[i], v[i], lr, wd, gs, mom, nesterov)
+def jit_with(fn, env, **options):
+    """``fn`` compiled by cuda.jit with the globals ``env`` added (one copy per rule)."""
+    import types
+    copy = types.FunctionType(fn.__code__, {**fn.__globals__, **env}, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+    return cuda.jit(**options)(copy)
 
 
-@cuda.jit
-def _rmsprop(p, g, v, m, lr, wd, gs, mom, rho, omrho, eps, eps_out, lr_out):
-    i = cuda.grid(1)
-    if i < p.size:
-        p[i], v[i], m[i] = _e_rmsprop(p[i], g[i], v[i], m[i], lr, wd, gs, mom, rho, omrho, eps,
-                                      eps_out, lr_out)
+@functools.lru_cache(maxsize=None)
+def element_env(name: str) -> dict:
+    """ELEMENT (the device function) and NSTATES of element-math kernel ``name``."""
+    rule = next(r for r in _rules.RULES.values() if r.kernel == name)
+    return dict(ELEMENT=cuda.jit(device=True, inline=True)(rule.element),
+                NSTATES=len(rule.state))
 
 
-@cuda.jit
-def _adam(p, g, m, v, wd, gs, b1, omb1, b2, omb2, eps, alpha, c, decay, nm, ng, nadam):
-    i = cuda.grid(1)
-    if i < p.size:
-        p[i], m[i], v[i] = _e_adam(p[i], g[i], m[i], v[i], wd, gs, b1, omb1, b2, omb2, eps,
-                                   alpha, c, decay, nm, ng, nadam)
+@functools.lru_cache(maxsize=None)
+def kernel(name: str):
+    return jit_with(_update, element_env(name))
 
 
 def optim_update(rule, params, grads, states, k):
     if not params:
         return
-    T = np.dtype(params[0].dtype).type
-    kernel = OPTIM_KERNEL[rule]
-    extra = E.scalar_args(kernel, k, T)
-    fn = {"sgd": _sgd, "momentum": _momentum, "nesterov": _momentum, "rmsprop": _rmsprop,
-          "adam": _adam, "nadam": _adam}[kernel]
+    c = coef(k, np.dtype(params[0].dtype).type)
+    fn = kernel(_rules.RULES[rule].kernel)
     stream = stream_of(params[0])
     for i, p in enumerate(params):
         n = int(p.size)
         if n == 0:
             continue
-        arrays = [as_numba(p).reshape(n), as_numba(grads[i]).reshape(n)]
-        arrays += [as_numba(s[i]).reshape(n) for s in states]
-        fn[blocks(n), THREADS, stream](*arrays, *extra)
+        fn[blocks(n), THREADS, stream](*arrays_of(n, p, grads[i], [s[i] for s in states]), c)
+
+
+def arrays_of(n, p, g, states):
+    """(p, g, s0, s1) as flat Numba device arrays; an absent state is p (or s0), never written."""
+    p = as_numba(p).reshape(n)
+    s = [as_numba(x).reshape(n) for x in states] or [p]
+    return p, as_numba(g).reshape(n), s[0], s[-1]
