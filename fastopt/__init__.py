@@ -4,6 +4,7 @@ Native kernels (C++/OpenMP, CUDA) with Numba fallbacks, each checked against a N
 """
 from . import functional, schedules
 from ._dispatch import available_backends as backends
+from ._dispatch import refresh as refresh_backends
 from .optim import (SGD, Adagrad, Adam, AdamW, Lion, Momentum, NAdam, Nesterov, Optimizer,
                     RMSProp, StepResult, param_groups)
 from .halton import halton
@@ -13,8 +14,9 @@ from .monitor import AutoClip, ClippingWarning, GradNormMonitor
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "functional", "schedules", "Optimizer", "StepResult", "SGD", "Momentum",
-           "Nesterov", "RMSProp", "Adam", "AdamW", "NAdam", "Lion", "Adagrad", "param_groups"]
+__all__ = ["backends", "refresh_backends", "functional", "schedules", "Optimizer", "StepResult",
+           "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW", "NAdam", "Lion", "Adagrad",
+           "param_groups"]
 __all__ += ["global_norm", "clip_by_global_norm", "GradNormMonitor", "AutoClip",
             "ClippingWarning"]
 __all__ += ["halton", "QuasiRandomSearch"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._rules import RULES
+
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line naming the option (``fastopt search: error: argument
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
     p.add_argument("--kernels", help="comma list of optim,norm,halton (default: all)")
     p.add_argument("--backends", help="comma list of cpp,numba,numpy (default: all available)")
+    p.add_argument("--rules", help="comma list of optimizer rules to time (default: "
+                   f"adam,lion,adagrad; any of {','.join(RULES)})")
     p.add_argument("--sizes", help="comma list of element counts, e.g. 2^20,2^24")
     p.add_argument("--repeats", type=int, help="timed repeats per contender (median reported)")
     p.add_argument("--no-peers", action="store_true", help="skip torch/SciPy/NumPy peers")

@@ -1,13 +1,22 @@
-"""The ``cpp`` backend: thin adapters over the pybind11 extension fastopt._C.
+"""The ``cpp`` backend: thin adapters over the C++ extension fastopt._C (``_native.cpu()``).
 
-Every function here has the signature of its twin in ``fastopt._reference``.
+Every function here has the signature of its twin in ``fastopt._reference`` (the
+``_registry.BackendModule`` contract).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import _C
+from . import _native
 from ._registry import OPTIM_KERNEL
+
+_C = _native.cpu()
+
+
+def unavailable_reason() -> str | None:
+    reason = _native.missing("cpu")
+    return None if reason is None else (
+        f"{reason}; reinstall fastopt where a C++ compiler works: pip install --force-reinstall .")
 
 
 def optim_update(rule, params, grads, states, k):

@@ -7,30 +7,24 @@ for numbers on the host.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from . import _device
+from . import _device, _native
 from ._registry import OPTIM_KERNEL
 from ._validate import check_device_optim_args
 
 _NO_SHIFT = np.zeros(0)  # the kernel reads an empty shift as "no shift"
 
 
-@functools.lru_cache(maxsize=None)
-def _ext():
-    from . import _C_cuda
-    return _C_cuda
+_ext = _native.cuda
 
 
 def unavailable_reason() -> str | None:
     """None when the extension is built and a CUDA device is visible, else why not."""
-    try:
-        ext = _ext()
-    except ImportError as e:
-        return (f"the CUDA extension fastopt._C_cuda is not built ({e}); install fastopt where "
-                "nvcc works: FASTOPT_CUDA=1 pip install --force-reinstall .")
+    ext = _ext()
+    if ext is None:
+        return (f"{_native.missing('cuda')}; install fastopt where nvcc works: "
+                "FASTOPT_CUDA=1 pip install --force-reinstall .")
     count, error = ext.device_count()
     if count == 0:
         return f"no CUDA device ({error})"

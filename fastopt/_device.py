@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._registry import BF16, F16, F32, F64
+from . import _native
+from ._core import BF16, F16, F32, F64
 
 #: Device dtypes fastopt knows (the registry says which backend runs which).
 DEVICE_DTYPES = (F32, F64, F16, BF16)
@@ -133,11 +134,8 @@ def describe(a) -> Info:
 
 
 def _pointer_device(ptr) -> int:
-    try:
-        from . import _C_cuda
-    except ImportError:
-        return -1
-    return _C_cuda.pointer_device(int(ptr)) if ptr else -1
+    ext = _native.cuda()
+    return ext.pointer_device(int(ptr)) if ext is not None and ptr else -1
 
 
 def pointers(arrays) -> list[int]:

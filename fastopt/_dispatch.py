@@ -5,50 +5,50 @@ backend in the registry that is available for the arrays' device and dtype.
 """
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.util
 import os
 
-from . import _registry
+from . import _native, _registry
 
-#: backend name -> module that implements its kernels (imported lazily, on first use)
-_MODULES = {
-    "cpp": "fastopt._cpp",
-    "numba": "fastopt._numba",
-    "numpy": "fastopt._reference",
-    "cuda": "fastopt._cuda",
-    "numba-cuda": "fastopt._numba_cuda",
-}
+#: backend name -> None (available) or why not; probed once, until refresh()
+_probed: dict[str, str | None] = {}
 
 
-@functools.lru_cache(maxsize=None)
 def unavailable_reason(name: str) -> str | None:
-    """None when backend ``name`` can run here, else a sentence saying why it cannot."""
-    if name == "numpy":
-        return None
-    if name == "cpp":
-        try:
-            importlib.import_module("fastopt._C")
-        except ImportError as e:
-            return (f"the C++ extension fastopt._C is not built ({e}); reinstall fastopt "
-                    "where a C++ compiler works: pip install --force-reinstall .")
-        return None
-    if name == "numba":
+    """None when backend ``name`` can run here, else a sentence saying why it cannot.
+
+    Probed from its ``_registry.Backend`` record: each package it requires must import, then
+    its module, then the module's own ``unavailable_reason()`` (if any) must return None.
+    The answer is kept until ``refresh()``: a package installed later in the same process is
+    seen after ``fastopt.refresh_backends()``."""
+    if name not in _probed:
+        _probed[name] = _probe(name)
+    return _probed[name]
+
+
+def _probe(name: str) -> str | None:
+    b = _registry.BACKEND.get(name)
+    if b is None:
+        return f"unknown backend {name!r}; known: {', '.join(_registry.ALL_BACKENDS)}"
+    for package, install in b.requires:
         try:  # importing it, not just finding it: a broken install is not an available one
-            importlib.import_module("numba")
+            importlib.import_module(package)
         except ImportError:
-            return "numba is not installed (pip install numba)"
+            return f"{package} is not installed ({install})"
         except Exception as e:  # noqa: BLE001 - any failure to import means: not available
-            return f"numba is installed but cannot be imported ({type(e).__name__}: {e})"
-        return None
-    if name in ("cuda", "numba-cuda"):
-        try:
-            mod = importlib.import_module(_MODULES[name])
-        except ImportError as e:
-            return f"the {name} backend could not be loaded ({e})"
-        return mod.unavailable_reason()
-    return f"unknown backend {name!r}; known: {', '.join(_registry.ALL_BACKENDS)}"
+            return f"{package} is installed but cannot be imported ({type(e).__name__}: {e})"
+    try:
+        mod = importlib.import_module(b.module)
+    except ImportError as e:
+        return f"the {name} backend could not be loaded ({e})"
+    probe = getattr(mod, "unavailable_reason", None)
+    return probe() if probe is not None else None
+
+
+def refresh() -> None:
+    """Probe every backend again on next use (after installing numba or a compiler, say)."""
+    _probed.clear()
+    _native.refresh()
 
 
 def available_backends() -> list[str]:
@@ -91,7 +91,12 @@ def resolve(kernel: str, backend: str | None = None, *, device: bool = False, dt
                      f"{'' if dtype is None else f' for dtype {dtype}'}: {_reasons(pool)}")
 
 
-@functools.lru_cache(maxsize=None)
 def module(backend: str):
-    """The module holding ``backend``'s kernels (each exposes the same functions)."""
-    return importlib.import_module(_MODULES[backend])
+    """The module holding ``backend``'s kernels (a ``_registry.BackendModule``)."""
+    mod = _modules.get(backend)
+    if mod is None:
+        mod = _modules[backend] = importlib.import_module(_registry.BACKEND[backend].module)
+    return mod
+
+
+_modules: dict = {}

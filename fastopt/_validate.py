@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from . import _device
+from . import _device, _native
 from ._device import DEVICE_DTYPES, is_device_array  # noqa: F401 - re-exported
 from ._core import (BF16, F16, F32, F64, MAX_STEP, Scalars, _short, check_step,  # noqa: F401
                     integer, real)
@@ -122,10 +122,10 @@ def check_matching(ref: list, ref_name: str, other: list, name: str, *, state: b
                              f"cuda:{da}; all arrays of a call must be on one device")
 
 
-try:  # the extension reads data pointers ~50x faster than __array_interface__ (per array)
-    from ._C import data_addresses as _host_addresses
-    from ._C import kernel_addresses as _kernel_addresses
-except ImportError:
+if _native.cpu() is not None:  # it reads data pointers ~50x faster than __array_interface__
+    _host_addresses = _native.cpu().data_addresses
+    _kernel_addresses = _native.cpu().kernel_addresses
+else:
     _kernel_addresses = None
 
     def _host_addresses(arrays):

@@ -17,14 +17,22 @@ from typing import Callable
 
 import numpy as np
 
-from . import _dispatch
+from . import _dispatch, _native, _rules
 from ._registry import CPU_BACKENDS
 from ._timing import interleaved, lognormal_sizes, machine
 
 #: Minimal bytes per float32 element (SPEC §7) and the ceiling's shape (arrays read, written).
-OPTIM_TRAFFIC = {"sgd": (12, 2, 1), "momentum": (20, 3, 2), "nesterov": (20, 3, 2),
-                 "rmsprop": (28, 4, 3), "adam": (28, 4, 3), "adamw": (28, 4, 3),
-                 "nadam": (28, 4, 3)}
+
+
+def optim_traffic(rule: str) -> tuple[int, int, int]:
+    """(bytes per float32 element, arrays read, arrays written) of one step of ``rule``: it
+    reads the param, the grad and its state buffers and writes the param and the buffers."""
+    n = len(_rules.get(rule).state)
+    return 4 * (3 + 2 * n), 2 + n, 1 + n
+
+
+#: The rules ``fastopt bench`` times by default: the headline (Adam) and the newest.
+DEFAULT_RULES = ("adam", "lion", "adagrad")
 CEILING = "ceiling (stream)"
 
 
@@ -67,15 +75,13 @@ def _layout_name(total, count):
 
 def ceiling_update(total: int, reads: int, writes: int):
     """Streams ``reads`` float32 arrays of ``total`` elements, rewriting ``writes`` of them."""
-    from . import _C
-
+    _C = _native.cpu()
     arrays = [np.full(total, 1e-3, np.float32) for _ in range(reads)]
     return lambda: _C.stream_update(arrays, writes)
 
 
 def ceiling_read(total: int):
-    from . import _C
-
+    _C = _native.cpu()
     x = np.full(total, 1e-3, np.float32)
     return lambda: _C.stream_read(x)
 
@@ -83,11 +89,9 @@ def ceiling_read(total: int):
 # -- optimizer cases -----------------------------------------------------------------------------
 
 def _optimizer(rule, params, backend, **kw):
-    from . import optim
+    from .optim import CLASSES
 
-    cls = {"sgd": optim.SGD, "momentum": optim.Momentum, "nesterov": optim.Nesterov,
-           "rmsprop": optim.RMSProp, "adam": optim.Adam, "adamw": optim.AdamW,
-           "nadam": optim.NAdam}[rule]
+    cls = CLASSES[rule]
     # nonfinite="ignore": the pure update (28 B/element for Adam), as torch's fused step does;
     # the default non-finite check adds one 4 B/element read pass (bench/bench_norm.py).
     return cls(params, 1e-3, backend=backend, **{"nonfinite": "ignore", **kw})
@@ -113,28 +117,35 @@ def check_optim(rule, backend, sizes, seed=1) -> str | None:
     return None
 
 
+#: rule -> the torch.optim class that computes the same update (timed as a peer)
+TORCH_PEERS = {"adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}
+
+
 def optim_case(rule, total, count, backends, peers=True, seed=0) -> Case:
     sizes = layouts(total, count)
     rng = np.random.default_rng(seed)
     grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3) for n in sizes]
     c = Case("optim", f"{rule} f32 {_layout_name(total, count)}", "GB/s",
-             total * OPTIM_TRAFFIC[rule][0], {})
+             total * optim_traffic(rule)[0], {})
     for b in backends:
         opt = _optimizer(rule, [np.zeros(n, np.float32) for n in sizes], b)
         c.contenders[f"fastopt[{b}]"] = (lambda o=opt: o.step(grads))
         if b != "numpy":
             c.checks[f"fastopt[{b}]"] = (lambda b=b: check_optim(rule, b, sizes))
-    if peers and rule in ("adam", "adamw") and have_module("torch"):
+    if peers and rule in TORCH_PEERS and have_module("torch"):
         import torch
 
-        cls = torch.optim.Adam if rule == "adam" else torch.optim.AdamW
+        cls = getattr(torch.optim, TORCH_PEERS[rule])
         for mode in ("fused", "foreach"):
             params = [torch.zeros(n, requires_grad=True) for n in sizes]
             for p, g in zip(params, grads):
                 p.grad = torch.from_numpy(g)
-            c.contenders[f"torch {mode}"] = cls(params, lr=1e-3, **{mode: True}).step
+            try:
+                c.contenders[f"torch {mode}"] = cls(params, lr=1e-3, **{mode: True}).step
+            except (RuntimeError, ValueError, TypeError):  # this torch has no such mode
+                pass
     if have("cpp"):
-        c.contenders[CEILING] = ceiling_update(total, *OPTIM_TRAFFIC[rule][1:])
+        c.contenders[CEILING] = ceiling_update(total, *optim_traffic(rule)[1:])
     return c
 
 
@@ -276,8 +287,7 @@ def header() -> str:
     m = machine()
     extra = ""
     if have("cpp"):
-        from . import _C
-
+        _C = _native.cpu()
         extra = f", {_C.num_threads()} threads, SIMD {_C.simd_level()}"
     return f"# {m['cpu']}, {m['cores']} cores{extra}, Python {m['python']}"
 
@@ -352,8 +362,9 @@ def check_plot_path(path: str) -> None:
                          f"{', '.join('.' + k for k in sorted(kinds))}")
 
 
-def plan(kernels, sizes=None, quick=False):
-    """[(family, args)] to build lazily, one case at a time (big cases are not all in memory)."""
+def plan(kernels, sizes=None, quick=False, rules=DEFAULT_RULES):
+    """[(family, args)] to build lazily, one case at a time (big cases are not all in memory).
+    Optimizer cases run for each of ``rules``."""
     table = QUICK_SIZES if quick else DEFAULT_SIZES
     out = []
     for fam in kernels:
@@ -363,13 +374,15 @@ def plan(kernels, sizes=None, quick=False):
             specs = [(n, 8) for n in sizes]
         else:
             specs = [(n, count) for n in sizes for count in (1, 200) if n >= 200 * 9 or count == 1]
+        if fam == "optim":
+            specs = [(rule, *s) for rule in rules for s in specs]
         out += [(fam, s) for s in specs]
     return out
 
 
 def build(family, spec, backends, peers=True) -> Case:
     if family == "optim":
-        return optim_case("adam", *spec, backends=backends, peers=peers)
+        return optim_case(*spec, backends=backends, peers=peers)
     if family == "norm":
         return norm_case(*spec, backends=backends, peers=peers)
     return halton_case(*spec, backends=backends, peers=peers)
@@ -442,6 +455,11 @@ def cli(args) -> int:
         raise ValueError(f"--backends: unknown {', '.join(map(repr, bad))}; choose from "
                          f"{', '.join(CPU_BACKENDS)}")
     backends = [b for b in wanted if have(b)]
+    rules = list(dict.fromkeys(args.rules.split(","))) if args.rules else list(DEFAULT_RULES)
+    bad = [r for r in rules if r not in _rules.RULES]
+    if bad:
+        raise ValueError(f"--rules: unknown {', '.join(map(repr, bad))}; choose from "
+                         f"{', '.join(_rules.RULES)}")
     sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
@@ -452,7 +470,7 @@ def cli(args) -> int:
     if args.json is not None and args.plot is not None and (
             os.path.abspath(args.json) == os.path.abspath(args.plot)):
         raise ValueError("--json and --plot name the same file")
-    todo = plan(kernels, sizes, args.quick)
+    todo = plan(kernels, sizes, args.quick, rules)
     repeats = args.repeats or (5 if args.quick else 11)
     budget = 4.0 if args.quick else 20.0
     bar = _progress(len(todo))
@@ -472,7 +490,9 @@ def cli(args) -> int:
     for b in skipped:
         print(f"# backend {b} skipped: {_dispatch.unavailable_reason(b)}")
     for fam in kernels:
-        title = {"optim": "Adam step (28 B/element), ceiling = stream read 4 / write 3 arrays",
+        traffic = ", ".join(f"{r} {optim_traffic(r)[0]}" for r in rules)
+        title = {"optim": f"optimizer steps (B/element: {traffic}), ceiling = a stream that "
+                          "reads and writes as many arrays",
                  "norm": "global norm (4 B/element, float64 accumulation), ceiling = stream read",
                  "halton": "scrambled Halton (compute-bound: values/s)"}[fam]
         print(f"\n== {fam}: {title}")

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from . import __version__, _dispatch, _registry
+from . import __version__, _dispatch, _native, _registry
 from ._timing import machine
 
 PEERS = ("numpy", "numba", "scipy", "torch", "cupy", "mpi4py", "matplotlib", "tqdm")
@@ -48,9 +48,7 @@ def info() -> dict:
     simd = threads = None
     backends = {b: _reason(b) for b in _registry.ALL_BACKENDS}
     if backends["cpp"] == "available":
-        from . import _C
-
-        simd, threads = _C.simd_level(), _C.num_threads()
+        simd, threads = _native.cpu().simd_level(), _native.cpu().num_threads()
     return {
         "version": __version__,
         "machine": machine(),

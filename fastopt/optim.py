@@ -39,7 +39,7 @@ from .monitor import AutoClip, GradNormMonitor
 from ._core import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
                     GUARD_WINDOW)
 from . import _dispatch
-from . import _device, _mpi
+from . import _device, _mpi, _native
 from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
                         check_step, data_addresses, dtype_of, is_device_array, nbytes, real)
 from .schedules import as_schedule
@@ -54,10 +54,8 @@ _P = inspect.Parameter
 _COMMON = (("backend", None), ("max_grad_norm", None), ("nonfinite", "skip"), ("monitor", None),
            ("comm", None))
 
-try:  # the per-step argument check's fast path; without the extension, Python's checks
-    from ._C import like_addresses as _like_addresses
-except ImportError:
-    _like_addresses = None
+# the per-step argument check's fast path; without the extension, Python's checks
+_like_addresses = _native.cpu().like_addresses if _native.cpu() is not None else None
 
 
 def _check_max_grad_norm(value):

@@ -28,7 +28,7 @@ def test_env_variable_and_explicit_argument(monkeypatch):
 
 
 def test_unavailable_backend_says_why_and_what_is_available(monkeypatch):
-    _dispatch.unavailable_reason.cache_clear()
+    _dispatch.refresh()
     monkeypatch.setattr(_dispatch, "unavailable_reason",
                         lambda b: "pretend it is missing" if b == "cpp" else None)
     with pytest.raises(ValueError, match="cpp.*not available: pretend it is missing.*Available"):

@@ -7,14 +7,12 @@ the host (``pairwise_sum``, the same order as norm_fold_pairwise).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float64
 
-from .._reference.norm import pairwise_sum
-from .._registry import G_EXP, GUARD_WIDTH, NORM_BLOCK, NORM_LANES
+from .._core import G_EXP, GUARD_WIDTH, NORM_BLOCK, NORM_LANES, pairwise_sum
 from ._common import THREADS, as_numba, blocks, dadd, dmul, stream_of
 
 B, L = NORM_BLOCK, NORM_LANES
@@ -61,10 +59,13 @@ def _partials(x, scale, scaled, want_max, bsum, bmax, ctl, scale_on_device):
         bmax[blk] = maxs[0]
 
 
-@functools.lru_cache(maxsize=None)
-def _no_ctl():
-    """A stand-in control array for passes whose scale comes from the host."""
-    return cuda.to_device(np.zeros((1, GUARD_WIDTH)))
+_NO_CTL = np.zeros((1, GUARD_WIDTH))
+
+
+def _no_ctl(stream):
+    """A stand-in control array for passes whose scale comes from the host: made per call, in
+    the current context (a cached one would belong to whichever context ran first)."""
+    return cuda.to_device(_NO_CTL, stream=stream)
 
 
 def norm_partials(arrays, scale, want_max):
@@ -80,7 +81,7 @@ def norm_partials(arrays, scale, want_max):
         bsum = cuda.device_array(nb, np.float64, stream=stream)
         bmax = cuda.device_array(nb, np.float64, stream=stream)
         _partials[nb, L, stream](as_numba(a).reshape(n), np.float64(scale), scale != 1.0,
-                                 bool(want_max), bsum, bmax, _no_ctl(), False)
+                                 bool(want_max), bsum, bmax, _no_ctl(stream), False)
         sums, maxes = bsum.copy_to_host(stream=stream), bmax.copy_to_host(stream=stream)
         if stream:
             stream.synchronize()
