@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import namedtuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,6 +97,27 @@ GUARD_WIDTH = 8
 #: also goes to a host-mapped mirror, when there is one, with the issue number written last: the
 #: host can then read a finished step's decisions without waiting for anything.
 G_SEQ = G_EXP
+
+
+class GuardedCall(NamedTuple):
+    """One guarded step, as every backend's ``guarded_step`` takes it: ``rule`` on ``params``
+    with ``grads`` and ``states``; ``rows[j]`` the Scalars of step count ``t_lo + j`` (the device
+    picks the row of its own count); clip at ``limit`` (inf: never); skip a non-finite norm if
+    ``skip_nonfinite``; ``ctl`` the control array, ``slot`` the row that keeps this step's
+    decisions for the host and ``seq`` its issue number; ``mirror`` host memory the device
+    writes that row to (or None)."""
+    rule: str
+    params: list
+    grads: list
+    states: list
+    rows: list
+    t_lo: int
+    limit: float
+    skip_nonfinite: bool
+    ctl: object
+    slot: int
+    seq: int
+    mirror: object = None
 
 # -- Plain numbers ----------------------------------------------------------------------------
 

@@ -48,8 +48,9 @@ def optim_update(rule, params, grads, states, k):
                         stream)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
-                 mirror=None):
+def guarded_step(call):
+    (rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+     mirror) = call
     for k in rows:  # the kernels take params' sizes for every list
         check_device_optim_args(rule, params, grads, states, k)
     if not params:

@@ -41,9 +41,9 @@ class BackendModule(Protocol):
     def norm_scale(self, arrays, factor):
         """x <- factor x in place."""
 
-    def guarded_step(self, rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl,
-                     slot, seq, mirror=None):
-        """An optimizer step whose norm, clip, skip and count stay on the device (GUARD_*)."""
+    def guarded_step(self, call):
+        """An optimizer step whose norm, clip, skip and count stay on the device (GUARD_*):
+        ``call`` is a ``_core.GuardedCall``."""
 
     def guarded_norm(self, arrays, ctl):
         """The norm into ctl[0, G_NORM] on the device, nothing read back."""

@@ -217,8 +217,8 @@ class ShardedOptimizer:
 
     Args:
       params: the parameter arrays (NumPy float32 or float64, one dtype), or a ``FlatParams``.
-      optimizer: ``'sgd'``, ``'momentum'``, ``'nesterov'``, ``'rmsprop'``, ``'adam'``,
-        ``'adamw'``, ``'nadam'`` or a ``fastopt.Optimizer`` subclass.
+      optimizer: the name of a rule (``'adam'``, ``'lion'``...: ``fastopt.functional.rules()``)
+        or a ``fastopt.Optimizer`` subclass.
       comm: an mpi4py intracommunicator (``MPI.COMM_WORLD``; ``MPI.COMM_SELF`` on one process).
       average: divide full gradients by the world size after summing them (default, as
         PyTorch DDP), or keep the sum.

@@ -37,7 +37,7 @@ from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
 from ._core import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
-                    GUARD_WINDOW)
+                    GUARD_WINDOW, GuardedCall)
 from . import _dispatch
 from . import _device, _mpi, _native
 from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
@@ -430,10 +430,10 @@ class Optimizer:
             g = self._guard = _Guard(self._params[0], self._step_count)
         rows = [self._row(t) for t in range(g.t_lo, g.t_lo + len(g.pending) + 1)]
         slot, seq = 1 + g.issued % GUARD_WINDOW, g.issued + 1
-        _dispatch.module(name).guarded_step(
+        _dispatch.module(name).guarded_step(GuardedCall(
             self.rule, self._params, grads, self._states(), rows, g.t_lo,
             math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot, seq,
-            g.mirror)
+            g.mirror))
         g.issued = seq
         result = StepResult(None, None, None, None, _owner=self)
         g.pending.append((result, slot, rows, seq))

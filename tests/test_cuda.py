@@ -21,6 +21,7 @@ import pytest
 import fastopt
 from fastopt import _device, _dispatch, _registry
 from fastopt import functional as F
+from fastopt._core import GuardedCall
 
 ROOT = Path(__file__).resolve().parents[1]
 halton_mod = importlib.import_module("fastopt.halton")
@@ -427,11 +428,11 @@ def test_gpu_guarded_step_matches_reference(dtype, lib):
         rows = [F.scalars("adam", lr=0.01 / (t + 1), step=t) for t in range(3, 6 + i)]
         limit = {"free": math.inf, "huge": 1e199}.get(kind, 20.0)
         args = (rows, 3, limit, True)
-        _dispatch.module("cuda").guarded_step("adam", dp, [to_dev(lib, g, dtype) for g in hg],
-                                               [ds["m"], ds["v"]], *args, dctl, 1 + i, i + 1,
-                                               dmirror)
-        _dispatch.module("numpy").guarded_step("adam", hp, hg, [hs["m"], hs["v"]], *args, hctl,
-                                               1 + i, i + 1, hmirror)
+        _dispatch.module("cuda").guarded_step(GuardedCall(
+            "adam", dp, [to_dev(lib, g, dtype) for g in hg], [ds["m"], ds["v"]], *args, dctl,
+            1 + i, i + 1, dmirror))
+        _dispatch.module("numpy").guarded_step(GuardedCall(
+            "adam", hp, hg, [hs["m"], hs["v"]], *args, hctl, 1 + i, i + 1, hmirror))
         hp = [val(a) for a in hp]  # 16-bit params: computed in float32, stored rounded
         sync()
         np.testing.assert_array_equal(to_np(dctl), hctl, err_msg=f"step {i} ({kind})")

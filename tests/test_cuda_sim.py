@@ -23,6 +23,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 import fastopt  # noqa: E402
 from fastopt import _device, _dispatch, _registry  # noqa: E402
 from fastopt import functional as F  # noqa: E402
+from fastopt._core import GuardedCall  # noqa: E402
 
 BACKEND = "numba-cuda"
 SIZES = (1, 7, 129, 300)
@@ -156,10 +157,10 @@ def test_guarded_step_matches_reference(rule, dtype):
                           **HYPER.get(rule, {})) for t in range(t_lo, t_lo + 3 + i)]
         limit = {"free": math.inf, "huge": 1e199}.get(kind, 5.0)
         args = (rows, t_lo, limit, kind != "inf", )
-        ref.guarded_step(rule, hp, hg, [hs[k] for k in hs], *args, hctl, 1 + i % W, i + 1,
-                         hmirror)
-        mod.guarded_step(rule, dp, dev(hg), [ds[k] for k in ds], *args, dctl, 1 + i % W, i + 1,
-                         dmirror)
+        ref.guarded_step(GuardedCall(rule, hp, hg, [hs[k] for k in hs], *args, hctl, 1 + i % W,
+                                     i + 1, hmirror))
+        mod.guarded_step(GuardedCall(rule, dp, dev(hg), [ds[k] for k in ds], *args, dctl,
+                                     1 + i % W, i + 1, dmirror))
         np.testing.assert_array_equal(dctl.copy_to_host(), hctl, err_msg=f"step {i} ({kind})")
         np.testing.assert_array_equal(dmirror.host, hmirror.host)
         np.testing.assert_array_equal(hmirror.host[1:i + 2], hctl[1:i + 2])  # slot rows
@@ -186,10 +187,10 @@ def test_guarded_step_multi_block_norm():
         dctl = cuda.to_device(hctl)
         rows = [F.scalars("sgd", lr=0.0, step=0)]
         hp, dp = [np.zeros(n) for n in sizes], dev([np.zeros(n) for n in sizes])
-        _dispatch.module("numpy").guarded_step("sgd", hp, hg, [], rows, 0, 1.0, True, hctl, 1,
-                                               1)
-        _dispatch.module(BACKEND).guarded_step("sgd", dp, dev(hg), [], rows, 0, 1.0, True,
-                                               dctl, 1, 1)
+        _dispatch.module("numpy").guarded_step(
+            GuardedCall("sgd", hp, hg, [], rows, 0, 1.0, True, hctl, 1, 1))
+        _dispatch.module(BACKEND).guarded_step(
+            GuardedCall("sgd", dp, dev(hg), [], rows, 0, 1.0, True, dctl, 1, 1))
         np.testing.assert_array_equal(dctl.copy_to_host(), hctl)
         assert hctl[1, G.G_NORM] == fastopt.global_norm(hg) and hctl[1, G.G_CLIPPED] == 1
 

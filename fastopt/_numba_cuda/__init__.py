@@ -31,13 +31,12 @@ def optim_update(rule, params, grads, states, k):
     run(rule, params, grads, states, k)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
-                 mirror=None):
+def guarded_step(call):
     from .._validate import check_device_optim_args
     from .guard import guarded_step as run
-    for k in rows:
-        check_device_optim_args(rule, params, grads, states, k)
-    run(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq, mirror)
+    for k in call.rows:
+        check_device_optim_args(call.rule, call.params, call.grads, call.states, k)
+    run(call)
 
 
 def guarded_norm(arrays, ctl):

@@ -156,8 +156,9 @@ def guarded_norm(arrays, ctl):
         _norm_passes(arrays, ctl, 1, 0, math.inf, False, 1, 0, None)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
-                 mirror=None):
+def guarded_step(call):
+    (rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+     mirror) = call
     if not params:
         return
     T = np.dtype(grads[0].dtype).type

@@ -7,7 +7,8 @@ order of operations there is the one every backend follows.
 from __future__ import annotations
 
 from .._validate import check_optim_kernel_args
-from .._core import G_ROW, G_SCALE, G_SKIPPED, guard_decide, guard_outcome  # noqa: F401
+from .._core import (G_ROW, G_SCALE, G_SKIPPED, GuardedCall, guard_decide,  # noqa: F401
+                     guard_outcome)
 from .._rules import RULES
 
 
@@ -19,15 +20,17 @@ def optim_update(rule: str, params, grads, states, k):
         fn(p, grads[i], *(s[i] for s in states), k)
 
 
-def guarded_step(rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot,
-                 seq, mirror=None):
-    """One step whose norm, clip, skip and count live in ``ctl``: the device kernels' contract.
+def guarded_step(call: GuardedCall):
+    """One step whose norm, clip, skip and count live in ``call.ctl``: the device kernels'
+    contract.
 
-    ``rows[j]`` are the Scalars for step count t_lo + j (gscale ignored); the norm of ``grads``
-    is ``fastopt.global_norm``'s, bit for bit; ``guard_decide`` takes the decisions; unless the
-    step is skipped, ``rule`` runs with rows[row] and grad_scale = the decided scale. ``mirror``
-    is a ``_device.Mapped`` (host memory the device writes) or None.
+    ``call.rows[j]`` are the Scalars for step count t_lo + j (gscale ignored); the norm of the
+    grads is ``fastopt.global_norm``'s, bit for bit; ``guard_decide`` takes the decisions;
+    unless the step is skipped, the rule runs with rows[row] and grad_scale = the decided scale.
+    ``call.mirror`` is a ``_device.Mapped`` (host memory the device writes) or None.
     """
+    (rule, params, grads, states, rows, t_lo, limit, skip_nonfinite, ctl, slot, seq,
+     mirror) = call
     from .norm import norm_value  # the reference norm, the one every backend must match
     norm = norm_value(grads)
     guard_decide(ctl, norm, len(rows), t_lo, limit, skip_nonfinite, slot, seq,
