@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from types import MappingProxyType
 
 import numpy as np
 
@@ -156,7 +157,9 @@ class Optimizer:
     ``{"params": [arrays], "lr": ..., <hyperparameter>: ...}`` whose missing entries take the
     constructor's values (``fastopt.param_groups`` builds the usual no-decay split). Each
     group computes its own scalars; groups whose scalars coincide share one native call.
-    State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``)."""
+    State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``); the
+    groups' settings are not saved (nor are an ungrouped optimizer's). ``StepResult.lr`` is
+    the first group's rate."""
 
     rule = ""
 
@@ -250,22 +253,32 @@ class Optimizer:
             ga = as_list(g["params"], f"{where}['params']")
             hyper = rule.check_hyper(f"{where}.", **{**self.hyper, **{
                 k: v for k, v in g.items() if k not in ("params", "lr")}})
-            lr = as_schedule(g["lr"]) if "lr" in g else self.lr
+            lr = as_schedule(g["lr"], f"{where}.lr") if "lr" in g else None  # None: self.lr
             groups.append(_Group(len(arrays), len(arrays) + len(ga), lr, hyper))
             arrays += ga
         return arrays, groups
 
     @property
     def param_groups(self) -> list:
-        """[{"params": (arrays...), "lr": schedule, <hyperparameter>: value}] per group."""
-        return [{"params": tuple(self._params[g.lo:g.hi]), "lr": g.lr or self.lr,
-                 **(g.hyper or self.hyper)} for g in self._groups]
+        """[{"params": (arrays...), "lr": schedule, <hyperparameter>: value}] per group, as
+        read-only mappings: settings are fixed at construction (setting ``group["lr"]``, as
+        with torch.optim, is refused rather than ignored)."""
+        return [MappingProxyType({"params": tuple(self._params[g.lo:g.hi]),
+                                  "lr": self.lr if g.lr is None else g.lr,
+                                  **(g.hyper or self.hyper)}) for g in self._groups]
+
+    def _group_lr(self, j, t) -> float:
+        """Group j's learning rate at step count t, checked."""
+        g = self._groups[j]
+        return self.lr_at(t) if g.lr is None else real(g.lr(t), f"param_groups[{j}] lr({t})",
+                                                       lo=0)
 
     def _run(self, grads, t, lrs, scale):
         """The update of step count t (group j at rate lrs[j]): one native call per distinct
         set of group scalars."""
-        if len(self._groups) == 1:
-            k = F._scalars(self.rule, lr=lrs[0], step=t, grad_scale=scale, **self.hyper)
+        if len(self._groups) == 1:  # one group: its own hyperparameters (a dict may set them)
+            k = F._scalars(self.rule, lr=lrs[0], step=t, grad_scale=scale,
+                           **(self._groups[0].hyper or self.hyper))
             F.run(self.rule, self._params, grads, self._states(), k, self.backend)
             return
         runs = {}
@@ -376,9 +389,8 @@ class Optimizer:
             grads = self._check_grads(grads)
             self._settle()
             t = self._step_count
-            lr = self.lr_at(t)
-            lrs = [lr if g.lr is None else real(g.lr(t), f"param_groups[{j}] lr({t})", lo=0)
-                   for j, g in enumerate(self._groups)]
+            lrs = [self._group_lr(j, t) for j in range(len(self._groups))]
+            lr = lrs[0]  # StepResult.lr: the first group's rate
         except Exception:
             if self.comm is not None and need_norm:
                 _norm._abandon(self.comm, "step")
@@ -445,7 +457,9 @@ class Optimizer:
         if k is None:
             if len(self._rows) > 4 * GUARD_WINDOW:
                 self._rows = {u: v for u, v in self._rows.items() if u >= self._guard.t_lo}
-            k = self._rows[t] = F._scalars(self.rule, lr=self.lr_at(t), step=t, **self.hyper)
+            g0 = self._groups[0]  # guarded steps run on one group: its own settings
+            k = self._rows[t] = F._scalars(self.rule, lr=self._group_lr(0, t), step=t,
+                                           **(g0.hyper or self.hyper))
         return k
 
     def _fill(self, result, d, rows):

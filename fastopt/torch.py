@@ -17,9 +17,17 @@ Classes and the torch options they honour (``semantics="torch"``, the default):
 * ``RMSprop``: ``lr, alpha, eps, weight_decay, momentum, maximize`` (``alpha`` below 1: at 1
   the square average would never leave 0);
 * ``NAdam``: ``lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize``
-  (its ``mu_product`` is kept in the state, as torch keeps it).
+  (its ``mu_product`` is kept in the state, as torch keeps it);
+* ``Adagrad``: ``lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize`` (its
+  state is created in the constructor, as torch creates it; a new ``sum`` starts at the
+  constructor's ``initial_accumulator_value`` whatever a param group says, as in torch);
+* ``Lion`` (torch has none; it subclasses ``torch.optim.Optimizer``): ``Lion(params, lr=1e-4,
+  betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False)``, the paper's rule with decoupled
+  decay; its state is ``exp_avg`` only, with no step count (the rule needs none). It takes no
+  ``foreach``, ``fused`` or ``differentiable`` (a TypeError, as an unknown argument).
 
-``foreach`` and ``fused`` are accepted and stored but change nothing: every step here is fused.
+``foreach`` and ``fused`` (where torch takes them) are accepted and stored but change nothing:
+every step here is fused.
 Refused with a ValueError naming the option, in the constructor, in ``add_param_group``, in a
 loaded checkpoint and at ``step()`` if a group is edited to ask for it: ``amsgrad=True`` and
 centered RMSprop (both need a state array our kernels do not keep), ``capturable=True`` (CUDA
@@ -91,7 +99,7 @@ from . import _rules
 from ._registry import ALL_BACKENDS, Scalars
 from ._validate import MAX_STEP, Exclusive, dtype_of, real
 
-__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]
+__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -101,7 +109,8 @@ _STEP_DTYPE = torch.float64
 
 # What each torch option name means here; names are shared by every class, as in torch.
 _NUMBERS = {"lr": {}, "eps": {}, "weight_decay": {}, "momentum": {}, "dampening": {},
-            "momentum_decay": {}, "alpha": dict(hi=1, hi_open=True)}
+            "momentum_decay": {}, "alpha": dict(hi=1, hi_open=True), "lr_decay": {},
+            "initial_accumulator_value": {}}
 _FLAGS = ("maximize", "nesterov", "decoupled_weight_decay")
 _IGNORED = ("foreach", "fused")  # how torch would run it; fastopt always runs fused
 _REFUSED = {
@@ -301,15 +310,18 @@ class _Plan:
 
 class _Fused(torch.optim.Optimizer):
     """Shared machinery. A subclass names its torch class as a base and defines ``_rule``,
-    ``_tensors`` and ``_scalars``; its signature and defaults are derived from torch's."""
+    ``_tensors`` and ``_scalars``; its signature and defaults are derived from torch's. A rule
+    torch has no class for names instead a plain ``torch.optim.Optimizer`` subclass whose
+    constructor declares the options and builds the defaults dict, as torch's would (Lion)."""
 
     _counted = True  # keeps state['step'] (torch's SGD does not)
     _mu = False      # keeps NAdam's state['mu_product']
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        base = next(c for c in cls.__mro__ if c.__module__.startswith("torch.optim")
-                    and c is not torch.optim.Optimizer)
+        # the first base that is an optimizer of its own: torch's namesake, or an options class
+        base = next(c for c in cls.__mro__ if issubclass(c, torch.optim.Optimizer)
+                    and not issubclass(c, _Fused) and c is not torch.optim.Optimizer)
         cls._torch = base
         cls._torch_signature = inspect.signature(base)
         # torch's own defaults dict (AdamW adds decoupled_weight_decay=True to its arguments)
@@ -880,3 +892,99 @@ class NAdam(_Fused, torch.optim.NAdam):
                        eps=eps, alpha=1.0, c=math.sqrt(1.0 - b2 ** n), decay=decay,
                        nm=lr * mu_next / (1.0 - prod * mu_next), ng=lr * (1.0 - mu) / (1.0 - prod),
                        eps_out=0.0, lr_out=1.0)
+
+
+class Adagrad(_Fused, torch.optim.Adagrad):
+    """torch.optim.Adagrad: s <- s + g^2; theta <- theta - lr / (1 + t lr_decay) g / (sqrt(s) +
+    eps), with g = +-grad + weight_decay theta (coupled L2 decay) and t the steps already taken
+    (torch's ``lr / (1 + (step - 1) lr_decay)`` once it has counted this one).
+
+    As torch does, the constructor gives every param its state at once (``step`` 0 and ``sum``
+    at ``initial_accumulator_value``), and a param that gets its state later (one of a group
+    added afterwards, or without state in a loaded checkpoint) starts its ``sum`` at
+    ``defaults['initial_accumulator_value']``, the constructor's value: torch reads no group's
+    own value. ``semantics="fastopt"`` (``fastopt.Adagrad``'s rule, the same arithmetic) starts
+    it at its group's value instead, and refuses ``maximize``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # torch's constructor made the state (a float32 step count, and a sum of the param's
+        # dtype, float16 ones included): ours is a float64 count and float32 state for 16-bit
+        # params, filled with the checked value
+        for gi, group in enumerate(self.param_groups):
+            h = self._hyper(group, f"param_groups[{gi}]")
+            (_, key, init, _), = self._tensors(h)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st:
+                    st["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
+                    st[key] = torch.full_like(p, init, dtype=_state_dtype(p),
+                                              memory_format=torch.contiguous_format)
+
+    def _rule(self, h):
+        return "adagrad"
+
+    def _tensors(self, h):
+        if self.semantics == "fastopt":
+            init = h["initial_accumulator_value"]
+        else:
+            init = _option("initial_accumulator_value",
+                           self.defaults.get("initial_accumulator_value", 0),
+                           "defaults['initial_accumulator_value']", 0)
+        return (("sum", "sum", init, True),)
+
+    def _scalars(self, h, b, scale):
+        return F.scalars("adagrad", lr=h["lr"], step=b.t, grad_scale=self._gscale(h, scale),
+                         lr_decay=h["lr_decay"], weight_decay=h["weight_decay"],
+                         initial_accumulator_value=h["initial_accumulator_value"], eps=h["eps"])
+
+
+class _LionOptions(torch.optim.Optimizer):
+    """Lion's options and defaults dict, as a torch.optim class would declare them (torch has
+    no Lion); ``Lion`` checks them and runs the steps."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:  # a checkpoint written without the flag
+            group.setdefault("maximize", False)
+
+
+class Lion(_Fused, _LionOptions):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), with the
+    paper's decoupled weight decay, per step:
+
+        theta <- (1 - lr weight_decay) theta;  u <- sign(b1 m + (1 - b1) g);
+        theta <- theta - lr u;  m <- b2 m + (1 - b2) g
+
+    (g = -grad with ``maximize=True``; sign(0) = 0). State: ``exp_avg`` (m, from 0) per param,
+    and no step count, as the rule needs none.
+
+    The signature, the defaults and the state layout are those of the PyTorch Lion that torch
+    users know, the paper authors' own PyTorch code (and lion-pytorch, which follows it):
+    ``weight_decay`` defaults to 0.0 there, as it does in most torch.optim classes, so swapping
+    this Lion in for one of those adds no decay the code did not ask for. optax's lion (and
+    ``fastopt.Lion``, the NumPy class) default to 1e-3 instead. The paper advises a learning
+    rate 3-10x below AdamW's and a weight decay 3-10x above it, so that lr * weight_decay stays
+    about the same: set both explicitly.
+
+    torch-only options (``foreach``, ``fused``, ``differentiable``, ...) are not taken: a
+    TypeError, as for any argument a torch.optim class does not take.
+    ``semantics="fastopt"`` is the same rule (``fastopt.Lion``'s) and refuses ``maximize``."""
+
+    _counted = False
+
+    def _rule(self, h):
+        return "lion"
+
+    def _tensors(self, h):
+        return (("m", "exp_avg", 0.0, True),)
+
+    def _scalars(self, h, b, scale):
+        b1, b2 = h["betas"]
+        return F.scalars("lion", lr=h["lr"], step=0, grad_scale=self._gscale(h, scale),
+                         beta1=b1, beta2=b2, weight_decay=h["weight_decay"])

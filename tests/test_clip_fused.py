@@ -8,9 +8,9 @@ import pytest
 
 import fastopt
 from fastopt import _dispatch, _registry
-from fastopt._registry import OPTIMIZERS
 
 from conftest import TOL, cpu_cases, snapshot
+from optim_db import DB
 
 CLASSES = fastopt.optim.CLASSES
 SIZES = (1, 7, 129, 4097, 20_000)
@@ -27,13 +27,19 @@ def make(dtype, seed=0, steps=4, scale=1.0):
 def cases():
     """(rule, backend, dtype) for every optimizer x backend x dtype both kernels support."""
     out = []
-    for rule in OPTIMIZERS:
-        for p in cpu_cases(f"optim.{rule}"):
+    for rec in DB.values():
+        for p in cpu_cases(rec.kernel):
             backend, dtype = p.values
             if dtype in _registry.KERNELS["norm.global_norm"].get(backend, ()):
-                out.append(pytest.param(rule, backend, dtype, marks=p.marks,
-                                        id=f"{rule}-{backend}-{dtype.name}"))
+                out.append(pytest.param(rec.name, backend, dtype, marks=p.marks,
+                                        id=f"{rec.name}-{backend}-{dtype.name}"))
     return out
+
+
+def row_cases():
+    """cases() x every hyperparameter row of the rule (optim_db)."""
+    return [pytest.param(*c.values, j, marks=c.marks, id=f"{c.id}-row{j}")
+            for c in cases() for j in range(len(DB[c.values[0]].rows))]
 
 
 def same_sd(a, b):
@@ -47,20 +53,20 @@ def all_state(opt):
     return [a for arrays in opt.state.values() for a in arrays]
 
 
-@pytest.mark.parametrize("rule,backend,dtype", cases())
-def test_fused_clip_equals_clip_then_step(rule, backend, dtype):
+@pytest.mark.parametrize("rule,backend,dtype,row", row_cases())
+def test_fused_clip_equals_clip_then_step(rule, backend, dtype, row):
     """Bit for bit on every backend: clipping rounds lambda/T to the dtype once, exactly as the
     kernels apply grad_scale. And the fused run matches the NumPy reference within TOL."""
     params, grads = make(dtype)
     lam = 0.5 * min(fastopt.global_norm(g) for g in grads)  # every step clips
-    wd = {"weight_decay": 0.01} if rule != "adamw" else {}
+    hyper = DB[rule].rows[row]
 
     p_fused = [p.copy() for p in params]
-    fused = CLASSES[rule](p_fused, 0.01, backend=backend, max_grad_norm=lam, **wd)
+    fused = CLASSES[rule](p_fused, 0.01, backend=backend, max_grad_norm=lam, **hyper)
     p_two = [p.copy() for p in params]
-    two = CLASSES[rule](p_two, 0.01, backend=backend, nonfinite="ignore", **wd)
+    two = CLASSES[rule](p_two, 0.01, backend=backend, nonfinite="ignore", **hyper)
     p_ref = [p.copy() for p in params]
-    ref = CLASSES[rule](p_ref, 0.01, backend="numpy", max_grad_norm=lam, **wd)
+    ref = CLASSES[rule](p_ref, 0.01, backend="numpy", max_grad_norm=lam, **hyper)
     for g in grads:
         g_before = snapshot(g)
         r = fused.step(g)
@@ -212,17 +218,17 @@ CTOR_BAD = [
 ]
 
 
-@pytest.mark.parametrize("rule", OPTIMIZERS)
+@pytest.mark.parametrize("rule", list(DB))
 @pytest.mark.parametrize("kw,exc,pattern", CTOR_BAD, ids=[str(c[0]) for c in CTOR_BAD])
 def test_constructor_rejects(rule, kw, exc, pattern):
     with pytest.raises(exc, match=pattern):
-        CLASSES[rule]([np.ones(3)], 0.1, **kw)
+        DB[rule].cls([np.ones(3)], 0.1, **kw)
 
 
-@pytest.mark.parametrize("rule", OPTIMIZERS)
+@pytest.mark.parametrize("rule", list(DB))
 def test_every_optimizer_takes_the_options(rule):
     m = fastopt.GradNormMonitor()
-    opt = CLASSES[rule]([np.ones(3)], 0.1, max_grad_norm="auto", nonfinite="raise", monitor=m)
+    opt = DB[rule].cls([np.ones(3)], 0.1, max_grad_norm="auto", nonfinite="raise", monitor=m)
     assert isinstance(opt.max_grad_norm, fastopt.AutoClip) and opt.nonfinite == "raise"
     opt.step([np.ones(3)])
     assert m.count == 1

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastopt
+from optim_db import DB
 from test_monitor_trust import _corrupt_value, corruptions, same_sd
 
 MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed (pip install '.[mpi]')")
@@ -141,6 +142,36 @@ def test_flatten_arguments(arrays, kw, exc, pattern):
 def test_construction_refused(args, kw, exc, pattern):
     with pytest.raises(exc, match=pattern):
         D.ShardedOptimizer(model(), *args, **kw)
+
+
+@pytest.mark.parametrize("rule,row", [pytest.param(rec.name, e, id=f"{rec.name}-{e.id}")
+                                      for rec in DB.values() for e in rec.errors])
+def test_error_rows_refused(rule, row):
+    """Every error row of the optimizer database, by name and by class: the row's exception
+    and message (the sharded optimizer passes the local optimizer's errors on as they are),
+    and the caller's arrays untouched."""
+    for optimizer in (rule, DB[rule].cls):
+        arrays = model()
+        before = [a.tobytes() for a in arrays]
+        with pytest.raises(row.exc, match=row.match):
+            D.ShardedOptimizer(arrays, optimizer, COMM, **{"lr": DB[rule].lr, **row.kwargs})
+        assert [a.tobytes() for a in arrays] == before
+
+
+@pytest.mark.parametrize("rule", list(DB))
+def test_every_rule_and_row_steps_as_the_local_optimizer(rule):
+    """On one process the sharded optimizer is the local one on the flat buffer: the same
+    bits, for every hyperparameter row of every rule."""
+    for row in DB[rule].rows:
+        sh = D.ShardedOptimizer(model(), rule, COMM, lr=DB[rule].lr, **row)
+        flat = np.concatenate([a.ravel() for a in model()])
+        ref = DB[rule].cls([flat], lr=DB[rule].lr, **row)
+        for t in range(3):
+            g = model(seed=20 + t)
+            assert sh.step(g) == ref.step([np.concatenate([a.ravel() for a in g])])
+        assert sh.flat.buffer.tobytes() == flat.tobytes(), row
+        assert all(sh.optimizer.state[k][0].tobytes() == ref.state[k][0].tobytes()
+                   for k in ref.state), row
 
 
 def test_a_flat_params_must_cover_its_buffer():

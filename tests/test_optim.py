@@ -8,25 +8,12 @@ import fastopt
 from fastopt import functional as F
 from fastopt import schedules
 from fastopt._registry import KERNELS, OPTIMIZERS
+from fastopt._rules import RULES
 
 from conftest import TOL, cpu_cases
+from optim_db import DB, MISSING, STALE, hyper_strategy
 
 CLASSES = fastopt.optim.CLASSES
-
-#: Hyperparameter rows per rule (besides lr); the defaults row is always included.
-HYPER = {
-    "sgd": [{}, {"weight_decay": 0.1}],
-    "momentum": [{}, {"momentum": 0.5, "weight_decay": 0.01}],
-    "nesterov": [{}, {"momentum": 0.99, "weight_decay": 0.01}],
-    "rmsprop": [{}, {"rho": 0.5, "momentum": 0.9, "eps": 1e-3, "weight_decay": 0.01}],
-    "adam": [{}, {"beta1": 0.5, "beta2": 0.9, "eps": 1e-3, "weight_decay": 0.1},
-             {"torch_compat": True, "weight_decay": 0.01}],
-    "adamw": [{}, {"weight_decay": 0.3, "beta1": 0.0}, {"torch_compat": True}],
-    "nadam": [{}, {"beta1": 0.8, "beta2": 0.95, "weight_decay": 0.05}],
-    "lion": [{}, {"beta1": 0.5, "beta2": 0.9, "weight_decay": 0.1}, {"weight_decay": 0.0}],
-    "adagrad": [{}, {"lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.5,
-                     "eps": 1e-3}],
-}
 
 LAYOUTS = {"one": (1000,), "odd": (1, 7, 129, 4097, 100003), "shaped": ((3, 5), (17, 1, 4), (33,))}
 
@@ -65,14 +52,14 @@ def assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p,
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("rule", OPTIMIZERS)
+@pytest.mark.parametrize("rule", list(DB))
 def test_matches_reference(rule, layout):
     """All backends x dtypes x hyperparameter rows, 4 steps with a warmup+cosine schedule."""
     lr = schedules.warmup_cosine(0.05, warmup_steps=2, total_steps=10)
     cases = [c.values for c in cpu_cases(f"optim.{rule}")
              if not c.marks and c.values[0] != "numpy"]
     assert cases, "no native backend to test"
-    for hyper in HYPER[rule]:
+    for hyper in DB[rule].rows:
         for dtype in (np.float32, np.float64):
             params, grads = make(layout, dtype)
             want_p, want_s = trajectory(rule, "numpy", params, grads, hyper, lr)
@@ -83,6 +70,43 @@ def test_matches_reference(rule, layout):
 def test_registry_lists_every_optimizer_on_every_cpu_backend():
     for rule in OPTIMIZERS:
         assert set(KERNELS[f"optim.{rule}"]) >= {"cpp", "numba", "numpy"}
+        assert set(DB[rule].backends) == {"cpp", "numba", "numpy"}  # the db reads the registry
+
+
+def test_every_rule_has_a_record():
+    """tests/optim_db.py has a hand-written entry and fastopt.optim a class for every rule of
+    fastopt/_rules (a new rule fails here until its record is added), and no stale entry."""
+    assert list(DB) == list(RULES)
+    assert not MISSING, f"rules without a record in tests/optim_db.py (or a class): {MISSING}"
+    assert not STALE, f"records for rules that do not exist: {STALE}"
+
+
+@pytest.mark.parametrize("rule", list(DB))
+def test_record_is_consistent_with_the_declaration(rule):
+    """Each record's rows are valid for its rule, distinct, the defaults first; its error rows
+    cover every hyperparameter, lr and an unknown name; its class runs the rule; its backends
+    and dtypes are the registry's."""
+    rec = DB[rule]
+    assert rec.cls is CLASSES[rule] and rec.cls.rule == rule and rec.decl is RULES[rule]
+    assert rec.rows[0] == {} and len(rec.rows) >= 2  # defaults plus at least one other row
+    full = [rec.decl.check_hyper(**row) for row in rec.rows]
+    assert all(a != b for i, a in enumerate(full) for b in full[:i])
+    assert full[0] == rec.decl.defaults()
+    named = {e.name for e in rec.errors if not e.unknown}
+    assert named == {"lr", *rec.hyper_names}
+    assert any(e.unknown for e in rec.errors) or len(RULES) == 1
+    assert all(e.name not in rec.hyper_names for e in rec.errors if e.unknown)
+    assert all(e.exc in (TypeError, ValueError) for e in rec.errors)
+    assert {e.name for e in rec.errors if e.exc is ValueError} >= {
+        h.name for h in rec.decl.hyper if not isinstance(h.default, bool)} | {"lr"}
+    assert rec.backends == {b: tuple(d) for b, d in KERNELS[rec.kernel].items()
+                            if b in ("cpp", "numba", "numpy")}
+    for edge in rec.edges:
+        (name, value), = edge.items()
+        assert rec.accepts(name, value), edge
+    for e in rec.errors:
+        (name, value), = e.kwargs.items()
+        assert not rec.accepts(name, value), e
 
 
 def test_rules_by_hand():
@@ -156,33 +180,35 @@ def test_grads_are_never_written(backend, dtype):
     assert all(np.array_equal(a, b) for a, b in zip(before, grads[0]))
 
 
-@pytest.mark.parametrize("rule", OPTIMIZERS)
+@pytest.mark.parametrize("rule", list(DB))
 def test_checkpoint_continues_bit_for_bit(rule, tmp_path):
-    """6 steps straight == 3 steps, numpy.savez, fresh optimizer, numpy.load, 3 steps."""
+    """6 steps straight == 3 steps, numpy.savez, fresh optimizer, numpy.load, 3 steps (every
+    hyperparameter row of the rule)."""
     params, grads = make("odd", np.float32)
     grads = grads + grads[:2]
     lr = schedules.warmup_cosine(0.05, 2, 10)
-    a = [p.copy() for p in params]
-    oa = CLASSES[rule](a, lr)
-    for g in grads:
-        oa.step(g)
-    b = [p.copy() for p in params]
-    ob = CLASSES[rule](b, lr)
-    for g in grads[:3]:
-        ob.step(g)
-    np.savez(tmp_path / "ckpt.npz", **ob.state_dict())
-    np.savez(tmp_path / "params.npz", *b)
-    with np.load(tmp_path / "params.npz", allow_pickle=False) as z:
-        c = [z[f"arr_{i}"].copy() for i in range(len(b))]
-    oc = CLASSES[rule](c, lr)
-    with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as z:
-        oc.load_state_dict(z)
-    assert oc.step_count == 3
-    for g in grads[3:]:
-        oc.step(g)
-    assert all(np.array_equal(x, y) for x, y in zip(a, c))
-    for name in oa.state:
-        assert all(np.array_equal(x, y) for x, y in zip(oa.state[name], oc.state[name]))
+    for hyper in DB[rule].rows:
+        a = [p.copy() for p in params]
+        oa = CLASSES[rule](a, lr, **hyper)
+        for g in grads:
+            oa.step(g)
+        b = [p.copy() for p in params]
+        ob = CLASSES[rule](b, lr, **hyper)
+        for g in grads[:3]:
+            ob.step(g)
+        np.savez(tmp_path / "ckpt.npz", **ob.state_dict())
+        np.savez(tmp_path / "params.npz", *b)
+        with np.load(tmp_path / "params.npz", allow_pickle=False) as z:
+            c = [z[f"arr_{i}"].copy() for i in range(len(b))]
+        oc = CLASSES[rule](c, lr, **hyper)
+        with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as z:
+            oc.load_state_dict(z)
+        assert oc.step_count == 3
+        for g in grads[3:]:
+            oc.step(g)
+        assert all(np.array_equal(x, y) for x, y in zip(a, c)), hyper
+        for name in oa.state:
+            assert all(np.array_equal(x, y) for x, y in zip(oa.state[name], oc.state[name]))
 
 
 def test_load_state_dict_refuses_mismatch_and_changes_nothing():
@@ -236,20 +262,14 @@ def test_schedules():
 
 
 @given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=6),
-       rule=st.sampled_from(OPTIMIZERS), lr=st.floats(0.0, 1.0),
-       wd=st.floats(0.0, 0.5), b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
+       rule=st.sampled_from(list(DB)), lr=st.floats(0.0, 1.0), data=st.data(),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
-def test_random_shapes_and_hyperparameters(sizes, rule, lr, wd, b1, b2, dtype, seed):
+def test_random_shapes_and_hyperparameters(sizes, rule, lr, data, dtype, seed):
+    """Every hyperparameter of the rule drawn inside its declared range (optim_db)."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(n).astype(dtype) for n in sizes]
     grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(2)]
-    hyper = {"weight_decay": wd}
-    if rule in ("adam", "adamw", "nadam"):
-        hyper.update(beta1=b1, beta2=b2)
-    elif rule in ("momentum", "nesterov"):
-        hyper.update(momentum=b1)
-    elif rule == "rmsprop":
-        hyper.update(rho=b2, momentum=b1)
+    hyper = data.draw(hyper_strategy(DB[rule]), label="hyper")
     want_p, want_s = trajectory(rule, "numpy", params, grads, hyper, lr)
     cases = [c.values for c in cpu_cases(f"optim.{rule}") if not c.marks]
     assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p, want_s)

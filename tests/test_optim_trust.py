@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 import fastopt
 from fastopt import functional as F
 from fastopt import _dispatch
-from fastopt._registry import OPTIMIZERS
 from fastopt._validate import MAX_STEP
 
 from conftest import snapshot
+from optim_db import DB
 
-CLASSES = fastopt.optim.CLASSES
+CLASSES = {rule: rec.cls for rule, rec in DB.items()}
+OPTIMIZERS = list(DB)
 CPU = [b for b in ("cpp", "numba", "numpy") if not _dispatch.unavailable_reason(b)]
 
 
@@ -86,7 +87,7 @@ def corruptions(value, key="", rule=""):
                     "longer": np.concatenate([v.reshape(-1), v.reshape(-1)]),
                     "2-d": v.reshape(1, -1), "0-d": np.array(v.reshape(-1)[0]),
                     "int": v.astype(np.int32), "empty": np.zeros(0, v.dtype)})
-        if key.startswith("v.") and rule in ("rmsprop", "adam", "adamw", "nadam"):
+        if key.split(".")[0] in DB[rule].nonnegative:  # a sum or mean of squares
             out["negative second moment"] = -np.abs(v) - 1
     return out
 

@@ -14,6 +14,7 @@ from fastopt import functional as F
 from fastopt import schedules as S
 
 from conftest import snapshot
+from optim_db import DB
 
 #: Values that no scalar hyperparameter, count or flag of fastopt accepts as they are.
 junk = st.one_of(
@@ -23,11 +24,13 @@ junk = st.one_of(
     st.integers(max_value=-1), st.integers(min_value=2**1024), st.floats(max_value=-1e-300),
     st.text(max_size=3))
 
-#: (constructor, argument) pairs whose every junk value must be refused with the argument named.
-OPTIM_ARGS = [("SGD", "lr"), ("SGD", "weight_decay"), ("SGD", "max_grad_norm"),
-              ("Momentum", "momentum"), ("RMSProp", "rho"), ("RMSProp", "eps"),
-              ("Adam", "beta1"), ("Adam", "beta2"), ("Adam", "eps"), ("AdamW", "weight_decay"),
-              ("NAdam", "beta1")]
+#: (rule, argument) pairs whose every junk value must be refused with the argument named
+#: (unless the rule's declared range takes it): lr, every hyperparameter of every rule of the
+#: optimizer database, and max_grad_norm.
+OPTIM_ARGS = [(rule, name) for rule, rec in DB.items()
+              for name in ("lr",) + rec.hyper_names + ("max_grad_norm",)]
+#: Every hyperparameter name some rule takes.
+HYPER_NAMES = sorted({n for rec in DB.values() for n in rec.hyper_names})
 
 
 def nonneg_number(value, hi=math.inf) -> bool:
@@ -57,23 +60,26 @@ def refused(call, name):
 @settings(max_examples=120)
 @given(which=st.sampled_from(OPTIM_ARGS), value=junk)
 def test_optimizer_hyperparameters(which, value):
-    cls, name = which
-    if name in ("weight_decay", "momentum", "eps") and nonneg_number(value):
-        return  # a large non-negative value is a legal (if odd) choice for these
+    rule, name = which
+    if DB[rule].accepts(name, value):
+        return  # legal in the declared range (an odd but valid choice)
     if name == "max_grad_norm" and value is None:
         return  # None: no clipping
     p = params()
     before = snapshot(p)
-    refused(lambda: getattr(fastopt, cls)(p, **{"lr": 0.1, name: value}).step(grads()), name)
+    refused(lambda: DB[rule].cls(p, **{"lr": 0.1, name: value}).step(grads()), name)
     assert snapshot(p) == before
 
 
 @settings(max_examples=80)
-@given(name=st.sampled_from(["step", "lr", "grad_scale", "beta1", "rho", "momentum"]),
-       value=junk, rule=st.sampled_from(["momentum", "adam", "rmsprop"]))
+@given(name=st.sampled_from(["step", "lr", "grad_scale"] + HYPER_NAMES),
+       value=junk, rule=st.sampled_from(list(DB)))
 def test_functional_update_scalars(name, value, rule):
-    if name == "momentum" and nonneg_number(value):
-        return
+    """Junk for the step, lr, grad_scale or any rule's hyperparameter: refused, named (a
+    hyperparameter this rule does not take is refused whatever its value)."""
+    if name in ("lr", "grad_scale") + DB[rule].hyper_names and DB[rule].accepts(
+            "lr" if name == "grad_scale" else name, value):
+        return  # legal (grad_scale has lr's range, [0, inf))
     p = params()
     state = F.init_state(rule, p)
     before = snapshot(p) + [snapshot(v) for v in state.values()]
@@ -99,10 +105,10 @@ bad_arrays = st.sampled_from([
 
 
 @settings(max_examples=60)
-@given(bad=bad_arrays, rule=st.sampled_from(["sgd", "adam", "rmsprop"]))
+@given(bad=bad_arrays, rule=st.sampled_from(list(DB)))
 def test_optimizer_step_arrays(bad, rule):
     p = params()
-    opt = {"sgd": fastopt.SGD, "adam": fastopt.Adam, "rmsprop": fastopt.RMSProp}[rule](p, 0.1)
+    opt = DB[rule].cls(p, 0.1)
     before = snapshot(p) + [snapshot(v) for v in opt.state.values()]
     refused(lambda: opt.step(bad[1](grads())), "grads")
     assert snapshot(p) + [snapshot(v) for v in opt.state.values()] == before

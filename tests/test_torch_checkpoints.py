@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
 
+from torch_snapshot import ReferenceLion  # noqa: E402
+
 from fastopt import _dispatch  # noqa: E402
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(_dispatch.unavailable_reason(b) is not None,
@@ -39,8 +41,19 @@ CONFIGS = [
     ("NAdam", dict(lr=1e-2, weight_decay=0.01, momentum_decay=8e-3), dict(momentum_decay=0.0)),
     ("NAdam", dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True), dict(lr=3e-3)),
     ("NAdam", dict(lr=1e-2, maximize=True), dict(weight_decay=0.1)),
+    ("Adagrad", dict(lr=1e-2), dict(lr=3e-2, eps=1e-6)),
+    ("Adagrad", dict(lr=5e-2, lr_decay=0.1, weight_decay=0.05), dict(lr_decay=0.0)),
+    # torch reads no group's own initial_accumulator_value (a new sum takes the constructor's)
+    ("Adagrad", dict(lr=2e-2, initial_accumulator_value=0.5, maximize=True),
+     dict(initial_accumulator_value=3.0, maximize=False)),
 ]
 IDS = [f"{n}-{i}" for i, (n, _, _) in enumerate(CONFIGS)]
+#: Lion's, compared with Lion in plain torch ops (torch.optim has none), bit for bit
+LION_CONFIGS = [
+    (dict(lr=1e-3), dict(lr=3e-4, betas=(0.5, 0.9))),
+    (dict(lr=3e-3, betas=(0.8, 0.95), weight_decay=0.3), dict(weight_decay=0.0)),
+    (dict(lr=1e-3, weight_decay=1.0, maximize=True), dict(maximize=False)),
+]
 
 #: odd sizes, an empty tensor, a 2-D one, a one-element one, and many small ones
 SHAPES = [(1,), (7, 3), (129,), (0,), (4097,)] + [(5,)] * 12
@@ -131,10 +144,17 @@ def test_trajectory_and_checkpoints_both_ways(name, kw, over, dtype, backend):
     assert_same_run(ours, from_ours, pa, pd, torch.float32 if name == "NAdam" else dtype)
 
 
-@pytest.mark.parametrize("name,kw,over", CONFIGS, ids=IDS)
+def torch_class(name):
+    """torch.optim's class of that name; Lion, which torch lacks, in plain torch ops."""
+    return ReferenceLion if name == "Lion" else getattr(torch.optim, name)
+
+
+@pytest.mark.parametrize("name,kw,over", CONFIGS + [("Lion", kw, over) for kw, over in
+                                                    LION_CONFIGS],
+                         ids=IDS + [f"Lion-{i}" for i in range(len(LION_CONFIGS))])
 def test_round_trip_through_torch_and_back_is_exact(name, kw, over):
-    """fastopt -> torch.optim -> fastopt without a step between changes nothing: the resumed
-    optimizer takes bit-identical steps."""
+    """fastopt -> torch.optim (for Lion: a plain torch Lion) -> fastopt without a step between
+    changes nothing: the resumed optimizer takes bit-identical steps."""
     pa, pb = make_params(torch.float32), make_params(torch.float32)
     a = getattr(ft, name)(groups_of(pa, over), **kw)
     for s in range(4):
@@ -143,11 +163,12 @@ def test_round_trip_through_torch_and_back_is_exact(name, kw, over):
     with torch.no_grad():
         for p, q in zip(pa, pb):
             q.copy_(p)
-    middle = getattr(torch.optim, name)(groups_of([p.detach().clone().requires_grad_()
-                                                   for p in pa], over), **kw)
+    middle = torch_class(name)(groups_of([p.detach().clone().requires_grad_() for p in pa],
+                                         over), **kw)
     middle.load_state_dict(through_bytes(a.state_dict()))
     b = getattr(ft, name)(groups_of(pb, over), **kw)
     b.load_state_dict(through_bytes(middle.state_dict()))
+    assert b.state_dict()["param_groups"] == a.state_dict()["param_groups"]
     for s in range(4, 8):
         set_grads(pa, s)
         set_grads(pb, s)
@@ -192,7 +213,7 @@ def test_fastopt_nadam_checkpoint_loads_into_torch():
     theirs.step()
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad"])
 def test_state_dict_is_torch_shaped(name):
     """Same group keys and values as torch's, and state under torch's keys."""
     kw = dict(lr=0.01, momentum=0.9) if name in ("SGD", "RMSprop") else dict(lr=0.01)
@@ -222,3 +243,48 @@ def test_named_parameters_round_trip():
     theirs.load_state_dict(through_bytes(ours.state_dict()))
     assert theirs.param_groups[0]["param_names"] == ["weight", "bias"]
     ours.load_state_dict(through_bytes(theirs.state_dict()))
+
+
+def assert_same_lion(ours, theirs, pa, pb):
+    for i, (p, q) in enumerate(zip(pa, pb)):
+        assert torch.equal(p, q), f"param {i}"
+        sa, sb = ours.state.get(p, {}), theirs.state.get(q, {})
+        assert set(sa) == set(sb), f"param {i}: state keys"
+        if sb:
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"]), f"param {i}: exp_avg"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kw,over", LION_CONFIGS, ids=[f"Lion-{i}" for i in
+                                                       range(len(LION_CONFIGS))])
+def test_lion_trajectory_and_checkpoints_both_ways(kw, over, dtype, backend):
+    """As test_trajectory_and_checkpoints_both_ways, against Lion in plain torch ops: the same
+    trajectory bit for bit, and checkpoints that load both ways mid-run and continue it."""
+    pa, pb = make_params(dtype), make_params(dtype)
+    ours = ft.Lion(groups_of(pa, over), backend=backend, **kw)
+    theirs = ReferenceLion(groups_of(pb, over), **kw)
+    for s in range(6):
+        set_grads(pa, s)
+        set_grads(pb, s)
+        ours.step()
+        theirs.step()
+        assert_same_lion(ours, theirs, pa, pb)
+    pc = [p.detach().clone().requires_grad_() for p in pb]
+    pd = [p.detach().clone().requires_grad_() for p in pa]
+    from_ref = ft.Lion(groups_of(pc, over), backend=backend, **kw)
+    from_ref.load_state_dict(through_bytes(theirs.state_dict()))
+    from_ours = ReferenceLion(groups_of(pd, over), **kw)
+    from_ours.load_state_dict(through_bytes(ours.state_dict()))
+    assert [dict(g, params=None) for g in from_ref.param_groups] == \
+        [dict(g, params=None) for g in theirs.param_groups]
+    assert from_ref.state_dict()["state"].keys() == theirs.state_dict()["state"].keys()
+    for s in range(6, 12):
+        for ps in (pa, pb, pc, pd):
+            set_grads(ps, s)
+        for o in (ours, theirs, from_ref, from_ours):
+            o.step()
+    assert_same_lion(ours, theirs, pa, pb)
+    assert_same_lion(from_ref, theirs, pc, pb)
+    assert_same_lion(ours, from_ours, pa, pd)
+    assert "exp_avg" in ours.state[pa[2]] and not ours.state.get(pa[3])  # 3 never had a grad

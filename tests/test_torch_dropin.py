@@ -12,12 +12,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
-from torch_snapshot import snapshot  # noqa: E402
+from torch_snapshot import ReferenceLion, snapshot  # noqa: E402
 
 from fastopt import GradNormMonitor, _dispatch  # noqa: E402
 from fastopt import functional as F  # noqa: E402
 
-NAMES = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]
+#: the classes with a torch.optim namesake, compared against it
+TORCH_NAMES = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad"]
+#: every class (Lion: torch has none; tests that need a torch namesake leave it out)
+NAMES = TORCH_NAMES + ["Lion"]
 BACKENDS = [b for b in ("cpp", "numba") if _dispatch.unavailable_reason(b) is None]
 #: options that need another one to be valid
 NEEDS = {"nesterov": dict(momentum=0.9), "dampening": dict(momentum=0.9)}
@@ -25,12 +28,23 @@ NEEDS = {"nesterov": dict(momentum=0.9), "dampening": dict(momentum=0.9)}
 ALT = {"lr": 0.05, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.1, "momentum": 0.5,
        "dampening": 0.2, "nesterov": True, "alpha": 0.9, "momentum_decay": 0.01,
        "maximize": True, "decoupled_weight_decay": True, "foreach": True, "fused": True,
+       "lr_decay": 0.3, "initial_accumulator_value": 0.4,
        "amsgrad": None, "centered": None, "capturable": None, "differentiable": None}
+OWN = ("max_grad_norm", "monitor", "backend", "semantics")
 
 
 def torch_options(name):
-    return [p for p in inspect.signature(getattr(torch.optim, name)).parameters.values()
-            if p.name != "params"]
+    """The options of torch's class; for Lion, which torch lacks, those of ours (but fastopt's
+    own keyword-only ones)."""
+    cls = getattr(torch.optim, name) if name in TORCH_NAMES else getattr(ft, name)
+    return [p for p in inspect.signature(cls).parameters.values()
+            if p.name != "params" and not (name not in TORCH_NAMES and p.name in OWN)]
+
+
+def torch_counterpart(name):
+    """torch's class of that name; for Lion, which torch lacks, Lion in plain torch ops (the
+    hooks, schedulers and the rest of torch.optim.Optimizer's machinery are torch's own)."""
+    return ReferenceLion if name == "Lion" else getattr(torch.optim, name)
 
 
 def make_params(dtype=torch.float32, seed=0, shapes=((3,), (4, 5), (17,), (2, 2))):
@@ -63,7 +77,7 @@ def two_groups(params, **over):
 
 
 # -- signatures and options --------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_NAMES)
 def test_signature_is_torchs_plus_keyword_only_options(name):
     ours = list(inspect.signature(getattr(ft, name)).parameters.values())
     theirs = list(inspect.signature(getattr(torch.optim, name)).parameters.values())
@@ -75,7 +89,7 @@ def test_signature_is_torchs_plus_keyword_only_options(name):
     assert issubclass(getattr(ft, name), getattr(torch.optim, name))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_NAMES)
 def test_defaults_passed_positionally_as_torch_takes_them(name):
     """Every option torch takes positionally, given positionally at its default: the same
     groups as torch builds, and the same defaults dict."""
@@ -92,7 +106,8 @@ def test_defaults_passed_positionally_as_torch_takes_them(name):
         getattr(ft, name)(make_params(), no_such_option=1)
 
 
-@pytest.mark.parametrize("name,option", [(n, p.name) for n in NAMES for p in torch_options(n)])
+@pytest.mark.parametrize("name,option", [(n, p.name) for n in TORCH_NAMES
+                                         for p in torch_options(n)])
 def test_every_torch_option(name, option):
     """Each option torch has: honoured (torch's trajectory), accepted and ignored (foreach,
     fused), or refused with a ValueError that names it, before anything is built."""
@@ -112,6 +127,20 @@ def test_every_torch_option(name, option):
     run(theirs, pb, 4)
     for p, q in zip(pa, pb):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", [p.name for p in torch_options("Lion")])
+def test_every_lion_option(option):
+    """Lion's options, each away from its default: the trajectory of Lion in plain torch ops,
+    bit for bit."""
+    pa, pb = make_params(), make_params()
+    ours, theirs = ft.Lion(pa, **{option: ALT[option]}), ReferenceLion(pb, **{option: ALT[option]})
+    assert ours.param_groups[0][option] == theirs.param_groups[0][option] == ALT[option]
+    run(ours, pa, 4)
+    run(theirs, pb, 4)
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+    assert not torch.equal(pa[0], make_params()[0])
 
 
 def test_adam_decoupled_weight_decay_is_adamw():
@@ -140,7 +169,8 @@ def bad_values(name, option):
                 (0.9, 10**400), (-0.1, 0.9), None, torch.tensor([0.9, 0.99]), (0.9, "x")]
     if option == "alpha":
         return bad_numbers() + [1.0, 1.5]
-    if option in ("lr", "eps", "weight_decay", "momentum", "dampening", "momentum_decay"):
+    if option in ("lr", "eps", "weight_decay", "momentum", "dampening", "momentum_decay",
+                  "lr_decay", "initial_accumulator_value"):
         return bad_numbers()
     if option in ("maximize", "nesterov", "decoupled_weight_decay"):
         return ["yes", 2, None, 0.5, torch.tensor(True)]
@@ -257,7 +287,7 @@ def test_parameters_listed_twice_or_sharing_memory_refused():
 @pytest.mark.parametrize("name", NAMES)
 def test_hooks_fire_in_torchs_order(name):
     logs = []
-    for cls in (getattr(ft, name), getattr(torch.optim, name)):
+    for cls in (getattr(ft, name), torch_counterpart(name)):
         log = []
         params = make_params()
         opt = cls(params, lr=0.01)
@@ -271,8 +301,10 @@ def test_hooks_fire_in_torchs_order(name):
         opt.load_state_dict(opt.state_dict())
         logs.append(log)
     assert logs[0] == logs[1]
-    assert logs[0][:4] == [("pre", None), ("post", 1), ("pre", 1), ("post", 2)] or \
-        name == "SGD"
+    first = 0 if name == "Adagrad" else None  # torch's Adagrad makes its state in __init__
+    assert logs[0][:4] == [("pre", first), ("post", 1), ("pre", 1), ("post", 2)] or \
+        name in ("SGD", "Lion")  # no step count kept
+    assert logs[0][4:] == ["sd_pre", "sd_post", "load_pre", "load_post"]
 
 
 def _steps(opt):
@@ -290,7 +322,7 @@ def test_step_pre_hook_changes_are_respected(name):
                 p.grad.mul_(-2.0)
 
     pa, pb = make_params(), make_params()
-    ours, theirs = getattr(ft, name)(pa, lr=0.01), getattr(torch.optim, name)(pb, lr=0.01)
+    ours, theirs = getattr(ft, name)(pa, lr=0.01), torch_counterpart(name)(pb, lr=0.01)
     for o in (ours, theirs):
         o.register_step_pre_hook(hook)
     run(ours, pa, 3)
@@ -341,26 +373,29 @@ SCHEDULERS = {
     "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5),
     "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1.0 / (1 + e)),
     "CosineAnnealingLR": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 8, 1e-4),
-    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05,
-                                                                total_steps=12,
-                                                                cycle_momentum=True),
+    # cycling momentum (or beta1) where the optimizer has one: Adagrad has neither
+    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.05, total_steps=12,
+        cycle_momentum=any(k in o.defaults for k in ("momentum", "betas"))),
     "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=1,
                                                                               factor=0.5),
 }
 SCHED_OPTS = [("Adam", {}), ("AdamW", {}), ("SGD", dict(momentum=0.9)),
               ("SGD", dict(momentum=0.9, nesterov=True)), ("RMSprop", dict(momentum=0.5)),
-              ("NAdam", {})]
+              ("NAdam", {}), ("Adagrad", dict(lr_decay=0.1)), ("Lion", dict(weight_decay=0.5))]
 
 
 @pytest.mark.parametrize("sched", list(SCHEDULERS))
 @pytest.mark.parametrize("name,kw", SCHED_OPTS, ids=[f"{n}-{i}" for i, (n, _) in
                                                      enumerate(SCHED_OPTS)])
 def test_lr_schedulers_give_torchs_trajectory(name, kw, sched):
-    """OneCycleLR also cycles Adam's and NAdam's beta1 and SGD's/RMSprop's momentum every
-    step (NAdam's mu_product then follows the changing beta1, as torch's does)."""
+    """OneCycleLR also cycles Adam's, NAdam's and Lion's beta1 and SGD's/RMSprop's momentum
+    every step (NAdam's mu_product then follows the changing beta1, as torch's does). Lion is
+    compared with Lion in plain torch ops."""
     pa, pb = make_params(torch.float64), make_params(torch.float64)
     ours = getattr(ft, name)(pa, lr=0.01, **kw)
-    theirs = getattr(torch.optim, name)(pb, lr=0.01, foreach=False, **kw)
+    theirs = torch_counterpart(name)(pb, lr=0.01, **({} if name == "Lion" else
+                                                      dict(foreach=False)), **kw)
     sa, sb = SCHEDULERS[sched](ours), SCHEDULERS[sched](theirs)
     for s in range(12):
         for o, ps, sch in ((ours, pa, sa), (theirs, pb, sb)):
@@ -605,6 +640,31 @@ def test_state_edited_by_hand_refused(edit, match):
     opt = ft.Adam(params, lr=0.01)
     run(opt, params, 1)
     edit(opt.state[params[1]])
+    set_grads(params, 1)
+    before = snapshot(opt)
+    with pytest.raises((TypeError, ValueError), match=match):
+        opt.step()
+    assert snapshot(opt) == before
+
+
+EDITS = {
+    "shape": lambda st, key: st.__setitem__(key, torch.zeros(3)),
+    "float": lambda st, key: st.__setitem__(key, torch.zeros(4, 5, dtype=torch.float64)),
+    "lacks": lambda st, key: st.pop(key),  # Lion's state is then empty: a fresh param's
+    "other memory": lambda st, key: st[key].set_(torch.zeros(3)),
+}
+EDIT_CASES = [("Adagrad", "sum", e) for e in EDITS] + [("Lion", "exp_avg", e) for e in EDITS
+                                                       if e != "lacks"]
+
+
+@pytest.mark.parametrize("name,key,edit", EDIT_CASES)
+def test_state_edited_by_hand_refused_adagrad_lion(name, key, edit):
+    match = "shape" if edit == "other memory" else edit
+    edit = EDITS[edit]
+    params = make_params()
+    opt = getattr(ft, name)(params, lr=0.01)
+    run(opt, params, 1)
+    edit(opt.state[params[1]], key)
     set_grads(params, 1)
     before = snapshot(opt)
     with pytest.raises((TypeError, ValueError), match=match):

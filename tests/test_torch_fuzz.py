@@ -1,13 +1,14 @@
 """Hypothesis drives fastopt.torch with random configurations, values and group edits: whatever
-it accepts follows torch.optim's trajectory; whatever it refuses is a TypeError or ValueError
-that leaves params, state and groups byte-identical."""
+it accepts follows torch.optim's trajectory (Lion's: Lion in plain torch ops, torch having none);
+whatever it refuses is a TypeError or ValueError that leaves params, state and groups
+byte-identical."""
 import math
 
 import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
-from torch_snapshot import snapshot  # noqa: E402
+from torch_snapshot import ReferenceLion, snapshot  # noqa: E402
 hyp = pytest.importorskip("hypothesis")
 
 from hypothesis import given  # noqa: E402
@@ -15,7 +16,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 NUMERIC = {"lr": (0.0, 0.5), "eps": (0.0, 1e-2), "weight_decay": (0.0, 0.5),
            "momentum": (0.0, 0.95), "dampening": (0.0, 1.0), "alpha": (0.0, 0.999),
-           "momentum_decay": (0.0, 0.1)}
+           "momentum_decay": (0.0, 0.1), "lr_decay": (0.0, 0.5),
+           "initial_accumulator_value": (0.0, 1.0)}
 FLAGS = ("maximize", "nesterov", "decoupled_weight_decay", "foreach", "fused", "amsgrad",
          "centered", "capturable", "differentiable")
 JUNK = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 10**400, -(10**400), "1", None,
@@ -23,8 +25,12 @@ JUNK = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 10**400, -(10**400)
                         torch.tensor(math.nan), True, 2])
 
 
+def torch_class(name):
+    return ReferenceLion if name == "Lion" else getattr(torch.optim, name)
+
+
 def option_names(name):
-    return [n for n in getattr(torch.optim, name)([torch.zeros(1, requires_grad=True)]).defaults]
+    return [n for n in torch_class(name)([torch.zeros(1, requires_grad=True)]).defaults]
 
 
 def valid(option):
@@ -38,7 +44,8 @@ def valid(option):
 
 @st.composite
 def configs(draw):
-    name = draw(st.sampled_from(["Adam", "AdamW", "SGD", "RMSprop", "NAdam"]))
+    name = draw(st.sampled_from(["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad",
+                                 "Lion"]))
     kw = {}
     for option in option_names(name):
         if draw(st.booleans()):
@@ -77,9 +84,12 @@ def test_accepted_means_torchs_trajectory_refused_means_nothing_written(case):
         ours = getattr(ft, name)(pa, **kw)
     except (TypeError, ValueError):
         return  # refused in the constructor: nothing existed to change
-    theirs = getattr(torch.optim, name)(pb, **{**kw, "foreach": False, "fused": None}
-                                        if name in ("Adam", "AdamW", "SGD") else
-                                        {**kw, "foreach": False})
+    if name == "Lion":
+        theirs = ReferenceLion(pb, **kw)
+    else:
+        theirs = getattr(torch.optim, name)(pb, **{**kw, "foreach": False, "fused": None}
+                                            if name in ("Adam", "AdamW", "SGD", "Adagrad") else
+                                            {**kw, "foreach": False})
     for step in range(3):
         grads_for(pa, step, seed)
         grads_for(pb, step, seed)

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
-from torch_snapshot import snapshot  # noqa: E402
+from torch_snapshot import ReferenceLion, snapshot  # noqa: E402
 
 #: class, options; the state keys it keeps, the group options it reads
 SETUPS = {
@@ -19,8 +19,15 @@ SETUPS = {
     "SGD": dict(lr=0.05, momentum=0.9, dampening=0.2),
     "RMSprop": dict(lr=0.01, momentum=0.5),
     "NAdam": dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.1),
+    "Adagrad": dict(lr=0.01, lr_decay=0.1, initial_accumulator_value=0.1),
+    "Lion": dict(lr=0.001, weight_decay=0.1),
 }
 SHAPES = [(3,), (4, 5), (17,), (2, 2)]
+
+
+def torch_class(name):
+    """torch.optim's class; for Lion, which torch lacks, Lion in plain torch ops."""
+    return ReferenceLion if name == "Lion" else getattr(torch.optim, name)
 
 
 def make_params(seed=0):
@@ -54,7 +61,7 @@ def trained(name, steps=3):
 def checkpoint(name):
     """A torch.optim checkpoint of the same setup, a little further along."""
     params = make_params(1)
-    opt = getattr(torch.optim, name)(groups(params), **SETUPS[name])
+    opt = torch_class(name)(groups(params), **SETUPS[name])
     for s in range(5):
         set_grads(params, 10 + s)
         opt.step()
@@ -117,14 +124,14 @@ def state_cases(name):
     cases = {}
     keys = {"Adam": ["exp_avg", "exp_avg_sq"], "AdamW": ["exp_avg", "exp_avg_sq"],
             "SGD": ["momentum_buffer"], "RMSprop": ["square_avg", "momentum_buffer"],
-            "NAdam": ["exp_avg", "exp_avg_sq"]}[name]
-    if name != "SGD":  # torch's SGD keeps no step
+            "NAdam": ["exp_avg", "exp_avg_sq"], "Adagrad": ["sum"], "Lion": ["exp_avg"]}[name]
+    if name not in ("SGD", "Lion"):  # torch's SGD keeps no step, nor does Lion
         for i, v in enumerate(STEP_VALUES):
             cases[f"step-{i}"] = _set(("state", GROUP1_PARAM, "step"), v)
     for key in keys:
         for i, v in enumerate(TENSOR_VALUES):
             cases[f"{key}-{i}"] = _set(("state", GROUP1_PARAM, key), v)
-        if name not in ("SGD", "RMSprop"):
+        if name not in ("SGD", "RMSprop", "Lion"):  # Lion's entry is then empty: a new param
             cases[f"{key}-missing"] = _set(("state", GROUP1_PARAM, key), _DELETE)
     if name == "NAdam":
         for i, v in enumerate(MU_VALUES):
@@ -137,7 +144,8 @@ NUMBER_VALUES = [math.nan, math.inf, -1.0, 10**400, "0.1", None, torch.tensor([0
 GROUP_VALUES = {
     "lr": NUMBER_VALUES + [_DELETE], "eps": NUMBER_VALUES, "weight_decay": NUMBER_VALUES,
     "momentum": NUMBER_VALUES, "dampening": NUMBER_VALUES, "momentum_decay": NUMBER_VALUES,
-    "alpha": NUMBER_VALUES + [1.0],
+    "alpha": NUMBER_VALUES + [1.0], "lr_decay": NUMBER_VALUES,
+    "initial_accumulator_value": NUMBER_VALUES,
     "betas": [(1.0, 0.9), (math.nan, 0.9), (0.9,), "ab", None, (0.9, -1.0), _DELETE],
     "maximize": ["yes", 2, None], "nesterov": ["yes", True], "decoupled_weight_decay": ["no"],
     "foreach": ["yes"], "fused": [2],
@@ -147,7 +155,7 @@ GROUP_VALUES = {
 
 def group_cases(name):
     cases = {}
-    for key in getattr(torch.optim, name)([torch.zeros(1, requires_grad=True)]).defaults:
+    for key in torch_class(name)([torch.zeros(1, requires_grad=True)]).defaults:
         for i, v in enumerate(GROUP_VALUES[key]):
             if name == "AdamW" and key == "decoupled_weight_decay":
                 continue  # torch's AdamW sets it to True whatever the checkpoint says
@@ -199,10 +207,11 @@ NEW_KEYS = ("maximize", "foreach", "capturable", "differentiable", "fused",
 
 
 @pytest.mark.parametrize("step_as", [float, int])
-@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "NAdam"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"])
 def test_older_checkpoint_loads_as_torch_loads_it(name, step_as):
     """Without the newer group keys, with a Python-number step (NAdam: and mu_product):
-    torch's defaults fill in and both continue alike."""
+    torch's defaults fill in and both continue alike (Lion: without maximize; it keeps no
+    step)."""
     old = checkpoint(name)
     for g in old["param_groups"]:
         for k in NEW_KEYS:
@@ -213,7 +222,8 @@ def test_older_checkpoint_loads_as_torch_loads_it(name, step_as):
                 st[k] = step_as(st[k].item()) if k == "step" else st[k].item()
     pa, pb = make_params(2), make_params(2)
     ours = getattr(ft, name)(groups(pa), **SETUPS[name])
-    theirs = getattr(torch.optim, name)(groups(pb), foreach=False, **SETUPS[name])
+    theirs = torch_class(name)(groups(pb), **SETUPS[name],
+                               **({} if name == "Lion" else dict(foreach=False)))
     ours.load_state_dict(copy.deepcopy(old))
     theirs.load_state_dict(copy.deepcopy(old))
     assert [dict(g, params=None) for g in ours.param_groups] == \
@@ -259,7 +269,8 @@ def test_state_of_another_dtype_is_cast_as_torch_casts_it():
 @pytest.mark.parametrize("name,flag", [("Adam", "amsgrad"), ("AdamW", "amsgrad"),
                                        ("RMSprop", "centered"), ("Adam", "capturable"),
                                        ("NAdam", "capturable"), ("RMSprop", "capturable"),
-                                       ("Adam", "differentiable"), ("SGD", "differentiable")])
+                                       ("Adam", "differentiable"), ("SGD", "differentiable"),
+                                       ("Adagrad", "differentiable")])
 def test_checkpoint_of_an_algorithm_we_do_not_run_refused(name, flag):
     """A torch checkpoint made with a flag fastopt does not implement would load and then run
     a different algorithm: refused, naming the flag, nothing changed."""

@@ -1,4 +1,5 @@
 """fastopt.torch: the PyTorch drop-in optimizers against torch.optim (foreach=False)."""
+import inspect
 import io
 import os
 import subprocess
@@ -8,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastopt.torch")
+
+from fastopt import _dispatch  # noqa: E402
 
 STEPS = 20
 X = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
@@ -51,6 +54,10 @@ CASES = [
     ("NAdam", dict(lr=1e-2)),
     ("NAdam", dict(lr=1e-2, weight_decay=0.01, momentum_decay=8e-3)),
     ("NAdam", dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True)),
+    ("Adagrad", dict(lr=1e-2)),
+    ("Adagrad", dict(lr=5e-2, lr_decay=0.05, weight_decay=0.01, initial_accumulator_value=0.1,
+                     eps=1e-6)),
+    ("Adagrad", dict(lr=1e-2, maximize=True, weight_decay=0.1)),
 ]
 
 
@@ -131,7 +138,9 @@ def test_lr_scheduler_and_missing_grads():
 
 
 @pytest.mark.parametrize("name,kw", [("AdamW", dict(lr=1e-2)), ("NAdam", dict(lr=1e-2)),
-                                     ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.5))])
+                                     ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.5)),
+                                     ("Adagrad", dict(lr=1e-2, lr_decay=0.1)),
+                                     ("Lion", dict(lr=1e-3, weight_decay=0.1))])
 def test_state_dict_round_trip(name, kw):
     a, b = make_model(), make_model()
     oa = getattr(ft, name)(a.parameters(), **kw)
@@ -152,7 +161,7 @@ def test_state_dict_round_trip(name, kw):
         train_step(c, oc)
     for p, q in zip(a.parameters(), c.parameters()):
         assert torch.equal(p, q)
-    if name != "SGD":  # torch's SGD (and so ours) keeps no step count
+    if name not in ("SGD", "Lion"):  # torch's SGD (and so ours) keeps no step count, nor Lion
         assert float(oc.state[next(iter(c.parameters()))]["step"]) == 15
 
 
@@ -283,3 +292,265 @@ def test_torch_variant_scalars_same_bits_on_every_cpu_backend(rule):
     for b, arrays in out.items():
         for x, y in zip(ref, arrays):
             np.testing.assert_array_equal(y, x, err_msg=b)
+
+
+# -- Adagrad and Lion over odd sizes and several param groups -----------------------------------
+#: odd sizes, an empty tensor, a 3-D one, and a few that are the same size
+ODD_SHAPES = [(1,), (7, 3), (129,), (0,), (4097,), (5,), (5,), (2, 3, 2)]
+CPU_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(
+    _dispatch.unavailable_reason(b) is not None, reason=str(_dispatch.unavailable_reason(b))))
+    for b in ("cpp", "numba", "numpy")]
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+
+
+def odd_params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in ODD_SHAPES]
+
+
+def odd_grads(params, step, holes=True):
+    """Gradients that depend on the params; param 2 has none every third step."""
+    g = torch.Generator().manual_seed(500 + step)
+    for i, p in enumerate(params):
+        if holes and i == 2 and step % 3 == 1:
+            p.grad = None
+            continue
+        p.grad = (0.3 * p.detach() + torch.randn(p.shape, generator=g, dtype=p.dtype)).clone()
+
+
+def three_groups(params, over):
+    return [{"params": params[:3]}, {"params": params[3:6], **over[0]},
+            {"params": params[6:], **over[1]}]
+
+
+#: torch's addcmul_ and addcdiv_ round s + g*g and (-lr g) / d in another order than the kernel's
+#: s + g*g and lr (g / d): an ulp or so per step, nothing more
+ADAGRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-13,
+                                                                               atol=1e-14)}
+ADAGRAD_RUNS = [
+    (dict(lr=1e-2), ({"lr": 3e-2}, {"eps": 1e-3})),
+    (dict(lr=5e-2, lr_decay=0.1, weight_decay=0.05),
+     ({"lr_decay": 0.0}, {"weight_decay": 0.0, "lr": 1e-3})),
+    # a group's own initial_accumulator_value is not read by torch (nor by us)
+    (dict(lr=2e-2, initial_accumulator_value=0.5, eps=1e-6),
+     ({"initial_accumulator_value": 3.0}, {"maximize": True})),
+    (dict(lr=1e-2, maximize=True, lr_decay=0.01), ({"maximize": False}, {"weight_decay": 0.2})),
+]
+
+
+@DTYPES
+@pytest.mark.parametrize("kw,over", ADAGRAD_RUNS, ids=[f"run{i}" for i in range(len(ADAGRAD_RUNS))])
+def test_adagrad_matches_torch_over_groups_and_odd_sizes(kw, over, dtype):
+    pa, pb = odd_params(dtype), odd_params(dtype)
+    theirs = torch.optim.Adagrad(three_groups(pa, over), foreach=False, **kw)
+    ours = ft.Adagrad(three_groups(pb, over), **kw)
+    for s in range(STEPS):
+        odd_grads(pa, s)
+        odd_grads(pb, s)
+        theirs.step()
+        ours.step()
+        for i, (p, q) in enumerate(zip(pa, pb)):
+            torch.testing.assert_close(q.detach(), p.detach(), **ADAGRAD_TOL[dtype],
+                                       msg=f"step {s}, param {i}")
+            a, b = ours.state[q], theirs.state[p]
+            assert set(a) == set(b) == {"step", "sum"}
+            assert float(a["step"]) == float(b["step"])
+            assert a["sum"].dtype == b["sum"].dtype == dtype
+            torch.testing.assert_close(a["sum"], b["sum"], **ADAGRAD_TOL[dtype])
+    assert float(ours.state[pb[2]]["step"]) == STEPS - len(range(1, STEPS, 3))
+    assert float(ours.state[pb[0]]["step"]) == STEPS
+    assert not torch.equal(pb[1], odd_params(dtype)[1])
+
+
+def test_adagrad_lr_decay_reads_the_steps_taken():
+    """Step k (from 1) uses lr / (1 + (k - 1) lr_decay), as torch.optim.Adagrad: with a constant
+    gradient 1, no eps and s from 0, p after n steps is -sum_k lr / (1 + (k-1) d) / sqrt(k)."""
+    lr, d, n = 0.1, 0.5, 12
+    for cls in (ft.Adagrad, torch.optim.Adagrad):
+        p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = cls([p], lr=lr, lr_decay=d, eps=0.0)
+        for k in range(1, n + 1):
+            p.grad = torch.ones_like(p)
+            opt.step()
+            expect = -sum(lr / (1 + (i - 1) * d) / i ** 0.5 for i in range(1, k + 1))
+            assert float(p.detach()) == pytest.approx(expect, rel=1e-14, abs=0), (cls, k)
+
+
+def test_adagrad_state_is_made_in_the_constructor_as_torch_makes_it():
+    pa, pb = odd_params(torch.float32), odd_params(torch.float32)
+    ours = ft.Adagrad(three_groups(pa, ({}, {"initial_accumulator_value": 7.0})),
+                      initial_accumulator_value=0.25)
+    theirs = torch.optim.Adagrad(three_groups(pb, ({}, {"initial_accumulator_value": 7.0})),
+                                 initial_accumulator_value=0.25)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert sorted(a["state"]) == sorted(b["state"]) == list(range(len(ODD_SHAPES)))
+    for k in b["state"]:
+        assert set(a["state"][k]) == set(b["state"][k]) == {"step", "sum"}
+        assert float(a["state"][k]["step"]) == float(b["state"][k]["step"]) == 0
+        assert torch.equal(a["state"][k]["sum"], b["state"][k]["sum"])
+        assert torch.equal(a["state"][k]["sum"], torch.full(ODD_SHAPES[k], 0.25))
+    # a group added later gets its state at its first step, from the constructor's value
+    xa, xb = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    ours.add_param_group({"params": [xa], "initial_accumulator_value": 5.0})
+    theirs.add_param_group({"params": [xb], "initial_accumulator_value": 5.0})
+    assert not ours.state.get(xa) and not theirs.state.get(xb)
+    for opt, x, ps in ((ours, xa, pa), (theirs, xb, pb)):
+        odd_grads(ps, 0)
+        x.grad = torch.full((3,), 2.0)
+        opt.step()
+    assert torch.equal(ours.state[xa]["sum"], theirs.state[xb]["sum"])
+    assert torch.equal(ours.state[xa]["sum"], torch.full((3,), 4.25))
+    # fresh state dicts load both ways
+    pc, pd = odd_params(torch.float32, 1), odd_params(torch.float32, 1)
+    fresh_theirs = torch.optim.Adagrad(pd, lr=0.03, initial_accumulator_value=0.5)
+    fresh_ours = ft.Adagrad(pc, lr=0.03, initial_accumulator_value=0.5)
+    ft.Adagrad(odd_params(torch.float32), lr=0.03).load_state_dict(fresh_theirs.state_dict())
+    torch.optim.Adagrad(odd_params(torch.float32), lr=0.03).load_state_dict(
+        fresh_ours.state_dict())
+    for s in range(3):
+        for opt, ps in ((fresh_ours, pc), (fresh_theirs, pd)):
+            odd_grads(ps, s)
+            opt.step()
+    for p, q in zip(pc, pd):
+        torch.testing.assert_close(p, q, **ADAGRAD_TOL[torch.float32])
+
+
+def test_adagrad_fastopt_semantics_is_fastopt_adagrad_bit_for_bit():
+    """semantics="fastopt": fastopt.Adagrad's rule, a group's initial_accumulator_value read."""
+    import numpy as np
+
+    import fastopt
+
+    params = odd_params(torch.float64)
+    arrays = [p.detach().numpy().copy() for p in params]
+    over = ({"lr_decay": 0.2, "initial_accumulator_value": 2.0}, {"weight_decay": 0.1})
+    ours = ft.Adagrad(three_groups(params, over), lr=0.05, eps=1e-8, semantics="fastopt")
+    assert torch.equal(ours.state[params[4]]["sum"], torch.full(ODD_SHAPES[4], 2.0,
+                                                                dtype=torch.float64))
+    ref = fastopt.Adagrad(three_groups(arrays, ({"lr_decay": 0.2, "initial_accumulator_value":
+                                                 2.0}, {"weight_decay": 0.1})),
+                          lr=0.05, eps=1e-8, nonfinite="ignore")
+    for s in range(STEPS):
+        odd_grads(params, s, holes=False)
+        ours.step()
+        ref.step([p.grad.numpy() for p in params])
+        for p, a in zip(params, arrays):
+            assert np.array_equal(p.detach().numpy(), a)
+    for p, s in zip(params, ref.state["sum"]):
+        assert np.array_equal(ours.state[p]["sum"].numpy(), s)
+    with pytest.raises(ValueError, match="maximize"):
+        ft.Adagrad(odd_params(torch.float64), maximize=True, semantics="fastopt")
+
+
+LION_RUNS = [dict(lr=1e-3), dict(lr=3e-3, betas=(0.8, 0.95), weight_decay=0.3),
+             dict(lr=1e-3, weight_decay=1.0, maximize=True)]
+LION_OVER = ({"lr": 3e-4}, {"betas": (0.5, 0.9), "weight_decay": 0.0})
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@DTYPES
+@pytest.mark.parametrize("kw", LION_RUNS, ids=[f"run{i}" for i in range(len(LION_RUNS))])
+def test_lion_matches_a_plain_torch_lion_bit_for_bit(kw, dtype, backend):
+    from torch_snapshot import ReferenceLion
+
+    pa, pb = odd_params(dtype), odd_params(dtype)
+    ours = ft.Lion(three_groups(pa, LION_OVER), backend=backend, **kw)
+    theirs = ReferenceLion(three_groups(pb, LION_OVER), **kw)
+    for s in range(STEPS):
+        odd_grads(pa, s)
+        odd_grads(pb, s)
+        ours.step()
+        theirs.step()
+        for i, (p, q) in enumerate(zip(pa, pb)):
+            assert torch.equal(p, q), f"step {s}, param {i}"
+            assert set(ours.state[p]) == set(theirs.state[q]) == {"exp_avg"}
+            assert torch.equal(ours.state[p]["exp_avg"], theirs.state[q]["exp_avg"])
+    # it did move the params (by +-lr per step and element: a one-element one may come back)
+    assert all(not torch.equal(p, q) for p, q in zip(pa, odd_params(dtype)) if p.numel() > 1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@DTYPES
+def test_lion_matches_fastopt_lion_bit_for_bit(dtype, backend):
+    """fastopt.torch.Lion over groups is the NumPy class fastopt.Lion (NumPy reference backend),
+    bit for bit, params and momentum; semantics="fastopt" is the same rule."""
+    import numpy as np
+
+    import fastopt
+
+    params = odd_params(dtype)
+    same = [p.detach().clone().requires_grad_() for p in params]
+    arrays = [p.detach().numpy().copy() for p in params]
+    over = ({"lr": 3e-4}, {"betas": (0.5, 0.9), "weight_decay": 0.0})
+    ours = ft.Lion(three_groups(params, over), lr=2e-3, betas=(0.8, 0.95), weight_decay=0.2,
+                   backend=backend)
+    alike = ft.Lion(three_groups(same, over), lr=2e-3, betas=(0.8, 0.95), weight_decay=0.2,
+                    semantics="fastopt")
+    ref = fastopt.Lion(three_groups(arrays, ({"lr": 3e-4}, {"beta1": 0.5, "beta2": 0.9,
+                                                            "weight_decay": 0.0})),
+                       lr=2e-3, beta1=0.8, beta2=0.95, weight_decay=0.2, backend="numpy",
+                       nonfinite="ignore")
+    for s in range(STEPS):
+        odd_grads(params, s, holes=False)
+        for p, q in zip(params, same):
+            q.grad = p.grad.clone()
+        ours.step()
+        alike.step()
+        ref.step([p.grad.numpy() for p in params])
+        for p, q, a in zip(params, same, arrays):
+            assert np.array_equal(p.detach().numpy(), a) and torch.equal(p, q)
+    for p, m in zip(params, ref.state["m"]):
+        assert np.array_equal(ours.state[p]["exp_avg"].numpy(), m)
+
+
+def test_lion_signature_defaults_and_options():
+    P = inspect.Parameter
+    sig = list(inspect.signature(ft.Lion).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in sig] == [
+        ("params", P.POSITIONAL_OR_KEYWORD, P.empty), ("lr", P.POSITIONAL_OR_KEYWORD, 1e-4),
+        ("betas", P.POSITIONAL_OR_KEYWORD, (0.9, 0.99)),
+        ("weight_decay", P.POSITIONAL_OR_KEYWORD, 0.0), ("maximize", P.KEYWORD_ONLY, False),
+        ("max_grad_norm", P.KEYWORD_ONLY, None), ("monitor", P.KEYWORD_ONLY, None),
+        ("backend", P.KEYWORD_ONLY, None), ("semantics", P.KEYWORD_ONLY, "torch")]
+    assert issubclass(ft.Lion, torch.optim.Optimizer)
+    p = torch.zeros(3, requires_grad=True)
+    # no decay unless asked for, as torch's optimizers (fastopt.Lion follows optax: 1e-3)
+    assert ft.Lion([p]).defaults == dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+                                         maximize=False)
+    opt = ft.Lion([p], 1e-3, (0.5, 0.6), 0.1, maximize=True)
+    assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == \
+        dict(lr=1e-3, betas=(0.5, 0.6), weight_decay=0.1, maximize=True)
+    for option in ("foreach", "fused", "differentiable", "capturable", "amsgrad"):
+        with pytest.raises(TypeError, match=option):
+            ft.Lion([p], **{option: False})
+    with pytest.raises(TypeError):
+        ft.Lion([p], 1e-3, (0.9, 0.99), 0.0, False)  # maximize is keyword-only
+    with pytest.raises(ValueError, match="maximize"):
+        ft.Lion([p], maximize=True, semantics="fastopt")
+
+
+def test_lion_closure_max_grad_norm_and_monitor():
+    """The options every class has: the closure's loss back; the clip factor folded into the
+    gradient (sign-invariant, but the momentum sees it), the unclipped norm returned."""
+    from fastopt import GradNormMonitor
+
+    from torch_snapshot import ReferenceLion
+
+    a, b = make_model(), make_model()
+    mon = GradNormMonitor()
+    ours = ft.Lion(a.parameters(), lr=1e-3, max_grad_norm=0.05, monitor=mon)
+    theirs = ReferenceLion(b.parameters(), lr=1e-3)
+    for _ in range(5):
+        norm = train_step(a, ours)
+        train_step(b, theirs, clip=0.05)
+        assert norm == ours.last_grad_norm > 0.05
+    assert len(mon.steps) == 5
+    assert_same(a, b, rtol=1e-5, atol=1e-6)
+
+    def closure():
+        ours.zero_grad()
+        loss = torch.nn.functional.mse_loss(a(X), Y)
+        loss.backward()
+        return loss
+    assert torch.is_tensor(ours.step(closure))
