@@ -37,8 +37,7 @@ from . import _rules
 from . import functional as F
 from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
-from ._core import (G_APPLIED, G_CLIPPED, G_NORM, G_ROW, G_SEQ, G_SKIPPED, GUARD_WIDTH,
-                    GUARD_WINDOW, GuardedCall)
+from ._pipeline import DevicePipeline, StepResult
 from . import _dispatch
 from . import _device, _mpi, _native
 from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
@@ -80,64 +79,6 @@ def _loaded_array(sd, key) -> np.ndarray:
         return np.asarray(sd[key])
     except Exception as e:  # noqa: BLE001 - whatever the mapping or NumPy raised, name the key
         raise ValueError(f"state dict {key!r} cannot be read as an array: {e}") from None
-
-
-class StepResult:
-    """What one ``step`` did: the unclipped gradient norm (None when not computed), whether the
-    gradients were scaled down, whether the step was skipped, and the learning rate used.
-
-    A guarded step on device arrays (see ``Optimizer.step``) returns at once and fills these in
-    from the device when one of them is first read; ``pending`` says whether that is still to
-    come (reading waits for the device)."""
-
-    __slots__ = ("_grad_norm", "_clipped", "_skipped", "_lr", "_owner")
-
-    def __init__(self, grad_norm, clipped, skipped, lr, *, _owner=None):
-        self._grad_norm, self._clipped, self._skipped, self._lr = grad_norm, clipped, skipped, lr
-        self._owner = _owner
-
-    def _get(self, field):
-        if self._owner is not None:
-            self._owner._settle(self)
-        return getattr(self, field)
-
-    grad_norm = property(lambda self: self._get("_grad_norm"))
-    clipped = property(lambda self: self._get("_clipped"))
-    skipped = property(lambda self: self._get("_skipped"))
-    lr = property(lambda self: self._get("_lr"))
-    pending = property(lambda self: self._owner is not None)
-
-    def _fields(self):
-        return (self.grad_norm, self.clipped, self.skipped, self.lr)
-
-    def __eq__(self, other):  # a NaN norm equals a NaN norm: the same outcome
-        if not isinstance(other, StepResult):
-            return NotImplemented
-        return all(a == b or (a != a and b != b) for a, b in zip(self._fields(), other._fields()))
-
-    __hash__ = None
-
-    def __repr__(self):
-        if self.pending:
-            return "StepResult(<on the device>)"
-        return (f"StepResult(grad_norm={self._grad_norm!r}, clipped={self._clipped!r}, "
-                f"skipped={self._skipped!r}, lr={self._lr!r})")
-
-
-class _Guard:
-    """The device side of guarded steps: the control array (``_registry.GUARD_*``) on the
-    params' device and its host-mapped mirror of finished steps' rows (None if the array
-    library has no pinned memory), the step count the host knows (t_lo), and the results not
-    read yet."""
-
-    def __init__(self, like, step_count):
-        ctl = np.zeros((GUARD_WINDOW + 1, GUARD_WIDTH))
-        ctl[0, G_APPLIED] = step_count
-        self.ctl = _device.from_host(like, ctl)
-        self.mirror = _device.mapped(like, ctl.shape)
-        self.t_lo = step_count
-        self.pending = []  # (StepResult, slot, rows, issue number) in issue order
-        self.issued = 0
 
 
 class _Group:
@@ -213,8 +154,7 @@ class Optimizer:
                                           **(g.hyper or self.hyper)).items():
                 self.state[n] += arrays
         self._step_count = 0
-        self._guard = None  # _Guard, once a guarded step ran on device arrays
-        self._rows = {}  # step count -> Scalars, for guarded steps
+        self._guard = None  # a DevicePipeline, once a guarded step ran on device arrays
         # params never change device or dtype: whether they could take guarded steps at all
         p = self._params
         self._guardable = bool(p) and is_device_array(p[0]) and len(self._groups) == 1 and \
@@ -425,87 +365,31 @@ class Optimizer:
                 and (self.max_grad_norm is None or isinstance(self.max_grad_norm, float)))
 
     def _guarded_step(self, grads, limit) -> StepResult:
-        """One device-decided step. The host cannot know whether earlier guarded steps were
-        skipped, so it hands the kernels the scalars of every step count still possible
-        (t_lo .. t_lo + unread steps) and the device picks the row of its own count. After
-        GUARD_WINDOW unread steps the host reads the device once (a wait) to narrow that."""
+        """One device-decided step (fastopt._pipeline): it returns at once, pending."""
         name = _dispatch.resolve(f"optim.{self.rule}", self.backend, device=True,
                                  dtype=dtype_of(self._params[0]))
         name = _dispatch.resolve("optim.guarded_step", name, device=True,
                                  dtype=dtype_of(self._params[0]))
-        g = self._guard
-        if g is not None and g.pending:
-            self._harvest()  # finished steps narrow the window (and warn) without waiting
-            if len(g.pending) + 1 > GUARD_WINDOW:
-                self._settle()  # the device is a whole window behind: waiting costs nothing
-        if g is None:
-            g = self._guard = _Guard(self._params[0], self._step_count)
-        rows = [self._row(t) for t in range(g.t_lo, g.t_lo + len(g.pending) + 1)]
-        slot, seq = 1 + g.issued % GUARD_WINDOW, g.issued + 1
-        _dispatch.module(name).guarded_step(GuardedCall(
-            self.rule, self._params, grads, self._states(), rows, g.t_lo,
-            math.inf if limit is None else limit, self.nonfinite == "skip", g.ctl, slot, seq,
-            g.mirror))
-        g.issued = seq
-        result = StepResult(None, None, None, None, _owner=self)
-        g.pending.append((result, slot, rows, seq))
-        return result
+        if self._guard is None:
+            self._guard = DevicePipeline(self._params[0], self._step_count,
+                                         scalars_at=self._guarded_scalars,
+                                         lr_at=lambda t: self._group_lr(0, t))
+        return self._guard.issue(_dispatch.module(name), self.rule, self._params, grads,
+                                 self._states(), math.inf if limit is None else limit,
+                                 self.nonfinite == "skip")
 
-    def _row(self, t):
-        """The Scalars of step count t (cached: a guarded step needs a window of them)."""
-        k = self._rows.get(t)
-        if k is None:
-            if len(self._rows) > 4 * GUARD_WINDOW:
-                self._rows = {u: v for u, v in self._rows.items() if u >= self._guard.t_lo}
-            g0 = self._groups[0]  # guarded steps run on one group: its own settings
-            k = self._rows[t] = F._scalars(self.rule, lr=self._group_lr(0, t), step=t,
-                                           **(g0.hyper or self.hyper))
-        return k
-
-    def _fill(self, result, d, rows):
-        """A pending StepResult from its decisions row ``d``; warns if the step was skipped."""
-        result._grad_norm = float(d[G_NORM])
-        result._clipped, result._skipped = bool(d[G_CLIPPED]), bool(d[G_SKIPPED])
-        result._lr = rows[int(d[G_ROW])].lr
-        result._owner = None
-        if result._skipped:
-            warnings.warn(f"skipped step {int(d[G_APPLIED])}: the gradient norm is "
-                          f"{result._grad_norm}; parameters, state and step count are "
-                          "unchanged", RuntimeWarning, stacklevel=4)
-
-    def _harvest(self):
-        """Take the decisions of the guarded steps that have finished, oldest first, from the
-        host-mapped mirror: no waiting. A row counts once its issue number is there (the
-        device writes that last)."""
-        g = self._guard
-        if g is None or g.mirror is None:
-            return
-        host = g.mirror.host
-        while g.pending:
-            result, slot, rows, seq = g.pending[0]
-            if host[slot, G_SEQ] != seq:  # read before the row: x86 keeps loads in order
-                return
-            d = host[slot].copy()
-            self._fill(result, d, rows)
-            g.pending.pop(0)
-            g.t_lo = self._step_count = int(d[G_APPLIED]) + (0 if d[G_SKIPPED] else 1)
+    def _guarded_scalars(self, t):
+        """The Scalars of step count t for a guarded step, which runs on one group: its own
+        settings."""
+        g0 = self._groups[0]
+        return F._scalars(self.rule, lr=self._group_lr(0, t), step=t, **(g0.hyper or self.hyper))
 
     def _settle(self, result=None):
-        """Read the device's decisions for every unread guarded step (``result``: at least up
-        to that one), fill in their StepResults, warn about skipped steps, and take the step
-        count. Finished steps come from the mirror; the rest wait for the device."""
-        g = self._guard
-        if g is None or not g.pending:
-            return
-        self._harvest()
-        if not g.pending or (result is not None and result._owner is None):
-            return
-        _device.synchronize(g.ctl)  # the steps may have run on streams other than this one
-        ctl = _device.to_host(g.ctl)
-        for result, slot, rows, _ in g.pending:
-            self._fill(result, ctl[slot], rows)
-        g.pending.clear()
-        g.t_lo = self._step_count = int(ctl[0, G_APPLIED])
+        """The device's decisions for every unread guarded step (``result``: at least up to
+        that one) read back, and its step count taken (see DevicePipeline.settle)."""
+        if self._guard is not None:
+            self._guard.settle(result)
+            self._step_count = self._guard.count
 
     def _observe(self, norm, clipped, limit):
         if norm is None:

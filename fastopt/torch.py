@@ -96,7 +96,7 @@ import torch
 from . import _dispatch
 from . import functional as F
 from . import _rules
-from ._registry import ALL_BACKENDS, Scalars
+from ._registry import ALL_BACKENDS, CPU_BACKENDS, Scalars
 from ._validate import MAX_STEP, Exclusive, dtype_of, real
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"]
@@ -745,7 +745,7 @@ class _Fused(torch.optim.Optimizer):
         if self.backend is None or not arrays:
             return None
         device = not isinstance(arrays[0], np.ndarray)
-        cpu = self.backend in ("cpp", "numba", "numpy")
+        cpu = self.backend in CPU_BACKENDS
         return self.backend if device != cpu else None
 
     # -- per-rule pieces -------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_optimizer_guarded_steps_equal_host_steps(mirror, monkeypatch):
             hg = guard_grads(rng, np.float32, "nan" if i in (3, 4, W + 2) else "clip")
             want.append(ho.step(hg))
             r = do.step(strict(hg))
-            assert r.pending and r._owner is do
+            assert r.pending and r._owner is do._guard
             got.append(r)
             # finished steps are taken from the mirror at the next step; else one wait per W
             assert len(do._guard.pending) == (1 if mirror else i % W + 1)
@@ -392,3 +392,20 @@ def test_bad_input_to_norm_and_optimizer():
     with pytest.raises(ValueError, match="cannot run on device"):
         fastopt.SGD(d, lr=0.1, backend="numpy").step(dev([np.ones(5, np.float32)]))
     assert snapshot(d) == before
+
+
+def test_guarded_step_reports_the_schedules_rate():
+    """StepResult.lr of a guarded step is the rate the schedule gave, as on the host, even for
+    a rule whose kernel scalars fold more into lr (Adagrad's lr_decay)."""
+    rng = np.random.default_rng(9)
+    hp = [rng.standard_normal(n).astype(np.float32) for n in GUARD_SIZES]
+    dp = strict(hp)
+    kw = dict(lr=0.1, lr_decay=0.5, max_grad_norm=3.0)
+    ho, do = fastopt.Adagrad(hp, **kw, backend="numpy"), fastopt.Adagrad(dp, **kw)
+    for _ in range(3):
+        hg = guard_grads(rng, np.float32, "clip")
+        want, got = ho.step(hg), do.step(strict(hg))
+        assert got.pending
+        assert outcome(got) == outcome(want) and got.lr == 0.1
+    for a, b in zip(hp, host(dp)):
+        np.testing.assert_array_equal(b, a)

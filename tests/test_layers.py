@@ -24,6 +24,8 @@ LAYERS = (
                   "fastopt._numba", "fastopt._numba.*", "fastopt._numba_cuda",
                   "fastopt._numba_cuda.*")),
     ("dispatch", ("fastopt._dispatch",)),
+    # the device step pipeline: drives whichever backend module it is handed
+    ("pipeline", ("fastopt._pipeline",)),
     ("public", ("fastopt.functional", "fastopt.schedules", "fastopt.norm", "fastopt.monitor",
                 "fastopt.optim", "fastopt.halton", "fastopt.search", "fastopt.distributed",
                 "fastopt.torch")),

@@ -553,13 +553,13 @@ def test_group_settings_are_not_part_of_the_state_dict():
 @pytest.mark.parametrize("rule", list(DB))
 def test_one_group_scalars_for_the_guarded_step(rule):
     """A guarded step (device params, one group) computes its scalars host-side for a window
-    of step counts (``_row``): they must be the group's, not the constructor's."""
+    of step counts (``_guarded_scalars``): they must be the group's, not the constructor's."""
     rec = DB[rule]
     row = rec.rows[-1]
     opt = rec.cls([{"params": [np.ones(3)], "lr": lambda t: 0.5 / (t + 1), **row}],
                   lr=1e-3, **rec.decl.defaults())
     for t in range(3):
-        assert opt._row(t) == F.scalars(rule, lr=0.5 / (t + 1), step=t, **row), t
+        assert opt._guarded_scalars(t) == F.scalars(rule, lr=0.5 / (t + 1), step=t, **row), t
 
 
 SIM_SCRIPT = r"""
