@@ -98,8 +98,10 @@ class Optimizer:
     ``{"params": [arrays], "lr": ..., <hyperparameter>: ...}`` whose missing entries take the
     constructor's values (``fastopt.param_groups`` builds the usual no-decay split). Each
     group computes its own scalars; groups whose scalars coincide share one native call.
-    State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``); the
-    groups' settings are not saved (nor are an ungrouped optimizer's). ``StepResult.lr`` is
+    State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``), and
+    the state dict records the groups' sizes: it loads only into an optimizer grouped the same
+    way. The groups' settings are not saved (nor are an ungrouped optimizer's): the loading
+    optimizer keeps its own. ``StepResult.lr`` is
     the first group's rate."""
 
     rule = ""
@@ -409,10 +411,20 @@ class Optimizer:
         return out
 
     # -- checkpoints: a flat dict of NumPy arrays and scalars, so numpy.savez stores it -------
+    def _group_sizes(self):
+        """The arrays per group, for an optimizer built from param-group dicts (else None)."""
+        if self._groups[0].hyper is None:
+            return None
+        return np.array([g.hi - g.lo for g in self._groups], np.int64)
+
     def state_dict(self) -> dict:
-        """{'optimizer': rule, 'step': t, '<state>.<i>': array}; copies, safe to keep."""
+        """{'optimizer': rule, 'step': t, '<state>.<i>': array} and, when built from
+        param-group dicts, 'groups': the number of arrays in each group. Copies, safe to keep.
+        Settings (lr, hyperparameters) are not saved: the loading optimizer keeps its own."""
         with self._exclusive("state_dict()"):
             sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
+            if self._group_sizes() is not None:
+                sd["groups"] = self._group_sizes()
             for name, arrays in self.state.items():
                 for i, a in enumerate(arrays):
                     sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
@@ -432,8 +444,14 @@ class Optimizer:
         if not callable(getattr(sd, "keys", None)) or not hasattr(sd, "__getitem__"):
             raise TypeError(f"state dict must be a mapping, got {type(sd).__name__}")
         extras = self._extras()
+        sizes = self._group_sizes()
+        if ("groups" in sd.keys()) != (sizes is not None):
+            raise ValueError("state dict 'groups': the checkpoint was saved by an optimizer "
+                             + ("with param groups, this one has none" if sizes is None else
+                                "without param groups, this one has groups"))
         expected = {"optimizer", "step"} | {f"{n}.{i}" for n, arrays in self.state.items()
                                             for i in range(len(arrays))}
+        expected |= set() if sizes is None else {"groups"}
         expected |= {f"{p}.{k}" for p, obj in extras.items() for k in obj.state_dict()}
         keys = set(sd.keys())
         if keys != expected:
@@ -452,6 +470,11 @@ class Optimizer:
             raise TypeError(f"state dict 'step' must be a 0-d integer array, got shape "
                             f"{step.shape} and dtype {step.dtype}")
         step = check_step(step.item(), "state dict 'step'")
+        if sizes is not None:
+            got = vals["groups"]
+            if got.dtype.kind not in "iu" or got.shape != sizes.shape or np.any(got != sizes):
+                raise ValueError(f"state dict 'groups' is {got.tolist()!r:.80}: groups of that "
+                                 f"many arrays; this optimizer's groups hold {sizes.tolist()}")
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 v = vals[f"{name}.{i}"]

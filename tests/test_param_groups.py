@@ -480,8 +480,8 @@ def grouped(rec, p):
 
 @pytest.mark.parametrize("rule", list(DB))
 def test_state_dict_round_trip_with_groups(rule, tmp_path):
-    """What state_dict stores with groups (the rule, the step, the state numbered across the
-    groups in order: nothing about the groups), and that 3 steps, numpy.savez, a fresh grouped
+    """What state_dict stores with groups (the rule, the step, the groups' sizes, the state
+    numbered across the groups in order), and that 3 steps, numpy.savez, a fresh grouped
     optimizer, numpy.load and 3 more steps are 6 steps straight, bit for bit."""
     rec = DB[rule]
     grads = [arrays(np.float32, 70 + t) for t in range(6)]
@@ -494,8 +494,9 @@ def test_state_dict_round_trip_with_groups(rule, tmp_path):
     for g in grads[:3]:
         first.step(g)
     sd = first.state_dict()
-    assert set(sd) == {"optimizer", "step"} | {f"{n}.{i}" for n in rec.state_names
-                                               for i in range(len(SHAPES))}
+    assert set(sd) == {"optimizer", "step", "groups"} | {f"{n}.{i}" for n in rec.state_names
+                                                         for i in range(len(SHAPES))}
+    assert sd["groups"].tolist() == [len(g["params"]) for g in first.param_groups]
     for n in rec.state_names:
         assert all(sd[f"{n}.{i}"].tobytes() == a.tobytes()
                    for i, a in enumerate(first.state[n]))
@@ -510,42 +511,50 @@ def test_state_dict_round_trip_with_groups(rule, tmp_path):
     assert state_bytes([straight]) == state_bytes([second])
 
 
-def test_group_settings_are_not_part_of_the_state_dict():
-    """A checkpoint holds state, not settings (as for an optimizer without groups, whose lr
-    and betas are not saved either): it loads into an optimizer grouped otherwise, or not at
-    all, when the arrays match in number, shape and dtype, and the loading optimizer then
-    steps with its own groups' settings. Unlike torch.optim, which saves each group's
-    hyperparameters and restores them on load. Arrays that do not match are refused."""
+def test_state_dict_keeps_the_grouping_not_the_settings():
+    """A checkpoint holds state and the groups' sizes, not settings (as for an optimizer
+    without groups, whose lr and betas are not saved either): it loads into an optimizer
+    grouped the same way with other settings, which then steps with its own. Torch restores
+    saved group settings instead; a NumPy optimizer's lr may be any Python callable, which an
+    array checkpoint cannot hold. Another grouping, or none, is refused and changes nothing."""
     p = arrays(np.float64)
     src = fastopt.Adam([{"params": p[:2], "beta1": 0.5}, {"params": p[2:], "lr": 0.1}], lr=1e-3)
     for t in range(2):
         src.step(arrays(np.float64, t))
     sd = src.state_dict()
-    for target in (fastopt.Adam(arrays(np.float64), lr=1e-2),
-                   fastopt.Adam([{"params": arrays(np.float64)[:4], "beta2": 0.9},
-                                 {"params": arrays(np.float64)[4:]}], lr=1e-2)):
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in target.param_groups]
-        target.load_state_dict(sd)
-        assert state_bytes([target]) == state_bytes([src]) and target.step_count == 2
-        assert [{k: v for k, v in g.items() if k != "params"}
-                for g in target.param_groups] == settings  # its own, not src's
-        # it continues with its own settings: as a copy built with them and given the state
-        twin_p = [a.copy() for a in target.params]
-        if len(target.param_groups) == 1:
-            twin = fastopt.Adam(twin_p, lr=1e-2)
-        else:
-            twin = fastopt.Adam([{"params": twin_p[:4], "beta2": 0.9},
-                                 {"params": twin_p[4:]}], lr=1e-2)
-        twin.load_state_dict(sd)
-        g = arrays(np.float64, 9)
-        target.step(g)
-        twin.step(g)
-        assert snapshot(list(target.params)) == snapshot(twin_p)
-    other = fastopt.Adam([{"params": arrays(np.float64)[:5]}], lr=1e-2)  # an array fewer
-    before = state_bytes([other])
-    with pytest.raises(ValueError, match="missing"):
-        other.load_state_dict(sd)
-    assert state_bytes([other]) == before
+    target = fastopt.Adam([{"params": arrays(np.float64)[:2], "beta2": 0.9},
+                           {"params": arrays(np.float64)[2:]}], lr=1e-2)
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in target.param_groups]
+    target.load_state_dict(sd)
+    assert state_bytes([target]) == state_bytes([src]) and target.step_count == 2
+    assert [{k: v for k, v in g.items() if k != "params"}
+            for g in target.param_groups] == settings  # its own, not src's
+    # it continues with its own settings: as a copy built with them and given the state
+    twin_p = [a.copy() for a in target.params]
+    twin = fastopt.Adam([{"params": twin_p[:2], "beta2": 0.9}, {"params": twin_p[2:]}], lr=1e-2)
+    twin.load_state_dict(sd)
+    g = arrays(np.float64, 9)
+    target.step(g)
+    twin.step(g)
+    assert snapshot(list(target.params)) == snapshot(twin_p)
+    refusals = [
+        (fastopt.Adam(arrays(np.float64), lr=1e-2), "saved by an optimizer with param groups"),
+        (fastopt.Adam([{"params": arrays(np.float64)[:4]}, {"params": arrays(np.float64)[4:]}],
+                      lr=1e-2), r"'groups' is \[2, 4\].*hold \[4, 2\]"),
+        (fastopt.Adam([{"params": arrays(np.float64)[:5]}], lr=1e-2), "missing"),
+    ]
+    for other, match in refusals:
+        before = state_bytes([other])
+        with pytest.raises(ValueError, match=match):
+            other.load_state_dict(sd)
+        assert state_bytes([other]) == before and other.step_count == 0
+    plain = fastopt.Adam(arrays(np.float64), lr=1e-2).state_dict()
+    with pytest.raises(ValueError, match="saved by an optimizer without param groups"):
+        fastopt.Adam([{"params": arrays(np.float64)}], lr=1e-2).load_state_dict(plain)
+    bad = dict(sd, groups=np.array([2.0, 4.0]))
+    with pytest.raises(ValueError, match="'groups'"):
+        fastopt.Adam([{"params": arrays(np.float64)[:2]}, {"params": arrays(np.float64)[2:]}],
+                     lr=1e-2).load_state_dict(bad)
 
 
 # -- the guarded (device) path takes the group's settings ---------------------------------------
