@@ -90,6 +90,10 @@ class _Group:
         self.lo, self.hi, self.lr, self.hyper = lo, hi, lr, hyper
 
 
+#: rule -> fastopt's class for it, filled in as the classes below are defined
+_CLASSES: dict = {}
+
+
 class Optimizer:
     """Base class; use the concrete optimizers below (one per rule of fastopt/_rules, whose
     signature is derived from the rule's declaration).
@@ -111,6 +115,8 @@ class Optimizer:
         r = _rules.RULES.get(cls.rule)
         if r is None:
             return
+        if cls.__module__ == __name__:  # fastopt's own class for the rule (not a user's)
+            _CLASSES[cls.rule] = cls
         args = [_P("params", _P.POSITIONAL_OR_KEYWORD),
                 _P("lr", _P.POSITIONAL_OR_KEYWORD, **({} if r.lr is None else {"default": r.lr}))]
         args += [_P(h.name, _P.POSITIONAL_OR_KEYWORD, default=h.default) for h in r.hyper]
@@ -569,9 +575,8 @@ class Adagrad(Optimizer):
     rule = "adagrad"
 
 
-#: rule name -> its optimizer class
-CLASSES = {cls.rule: cls for cls in (SGD, Momentum, Nesterov, RMSProp, Adam, AdamW, NAdam, Lion,
-                                     Adagrad)}
+#: rule name -> its optimizer class (each class registers itself when defined)
+CLASSES = _CLASSES
 
 
 def _no_decay_default(name, array) -> bool:

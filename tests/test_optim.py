@@ -67,6 +67,21 @@ def test_matches_reference(rule, layout):
             assert_backends_follow(rule, cases, dtype, params, grads, hyper, lr, want_p, want_s)
 
 
+def test_every_rule_has_its_public_class():
+    """Each declared rule gets a class in fastopt (registered as it is defined), whose
+    signature is the declaration's: lr, then the rule's hyperparameters with their defaults."""
+    import inspect
+    from fastopt import _rules
+    assert set(CLASSES) == set(_rules.RULES)
+    for rule, cls in CLASSES.items():
+        assert cls.rule == rule and getattr(fastopt, cls.__name__) is cls
+        params = inspect.signature(cls).parameters
+        hyper = [n for n in params if n not in ("params", "lr") and
+                 params[n].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert hyper == list(_rules.RULES[rule].hyper_names)
+        assert all(params[h.name].default == h.default for h in _rules.RULES[rule].hyper)
+
+
 def test_registry_lists_every_optimizer_on_every_cpu_backend():
     for rule in OPTIMIZERS:
         assert set(KERNELS[f"optim.{rule}"]) >= {"cpp", "numba", "numpy"}
