@@ -421,7 +421,7 @@ def plot(rows, path, fmt=None):
     for ax in list(axes.flat)[len(cases):]:
         ax.axis("off")
     fig.suptitle(header().lstrip("# "), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # the title's own strip
     fig.savefig(path, dpi=110, format=fmt)
     plt.close(fig)
 
