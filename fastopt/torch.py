@@ -543,8 +543,18 @@ class _Fused(torch.optim.Optimizer):
     # -- state -----------------------------------------------------------------------------------
     def _tensors(self, h):
         """(kernel state name, torch state key, initial value, required in a non-empty state),
-        in kernel argument order; a key of None is scratch space, kept out of the state."""
-        raise NotImplementedError
+        in kernel argument order; a key of None is scratch space, kept out of the state.
+        By default: the rule's buffers under the torch keys its declaration names."""
+        return self._declared(h, required=True)
+
+    def _declared(self, h, *, required, init=None, keep=None):
+        """The rule's state buffers (fastopt/_rules) with their declared torch keys; ``init``
+        overrides initial values by name; buffers outside ``keep`` are scratch (key None)."""
+        r = _rules.get(self._rule(h))
+        init = init or {}
+        return tuple((n, r.torch_state[n] if keep is None or n in keep else None,
+                      init.get(n, 0.0 if isinstance(v, str) else v), required)
+                     for n, v in r.state)
 
     def _steps_taken(self, st) -> int:
         return int(st["step"]) if self._counted and st else 0
@@ -767,9 +777,6 @@ class Adam(_Fused, torch.optim.Adam):
     def _rule(self, h):
         return "adamw" if h["decoupled_weight_decay"] else "adam"
 
-    def _tensors(self, h):
-        return (("m", "exp_avg", 0.0, True), ("v", "exp_avg_sq", 0.0, True))
-
     def _scalars(self, h, b, scale):
         b1, b2 = h["betas"]
         return F.scalars(self._rule(h), lr=h["lr"], step=b.t,
@@ -807,7 +814,7 @@ class SGD(_Fused, torch.optim.SGD):
         return "nesterov" if h["nesterov"] else "momentum"
 
     def _tensors(self, h):
-        return () if h["momentum"] == 0 else (("v", "momentum_buffer", 0.0, False),)
+        return self._declared(h, required=False)  # none without momentum
 
     def _scalars(self, h, b, scale):
         lr, wd, d = h["lr"], h["weight_decay"], h["dampening"]
@@ -832,8 +839,9 @@ class RMSprop(_Fused, torch.optim.RMSprop):
         v0 = dict(_rules.get("rmsprop").state)["v"] if self.semantics == "fastopt" else 0.0
         # the kernel always updates m; without momentum torch keeps no buffer, and m is then
         # a scratch array of the plan (its old value is multiplied by 0)
-        return (("v", "square_avg", v0, True),
-                ("m", "momentum_buffer" if h["momentum"] > 0 else None, 0.0, False))
+        v, m = self._declared(h, required=True, init={"v": v0},
+                              keep=("v", "m") if h["momentum"] > 0 else ("v",))
+        return v, m[:3] + (False,)
 
     def _scalars(self, h, b, scale):
         lr, eps = h["lr"], h["eps"]
@@ -855,9 +863,6 @@ class NAdam(_Fused, torch.optim.NAdam):
 
     def _rule(self, h):
         return "nadam"
-
-    def _tensors(self, h):
-        return (("m", "exp_avg", 0.0, True), ("v", "exp_avg_sq", 0.0, True))
 
     @staticmethod
     def _mu_at(b1, psi, n):
@@ -931,7 +936,7 @@ class Adagrad(_Fused, torch.optim.Adagrad):
             init = _option("initial_accumulator_value",
                            self.defaults.get("initial_accumulator_value", 0),
                            "defaults['initial_accumulator_value']", 0)
-        return (("sum", "sum", init, True),)
+        return self._declared(h, required=True, init={"sum": init})
 
     def _scalars(self, h, b, scale):
         return F.scalars("adagrad", lr=h["lr"], step=b.t, grad_scale=self._gscale(h, scale),
@@ -980,9 +985,6 @@ class Lion(_Fused, _LionOptions):
 
     def _rule(self, h):
         return "lion"
-
-    def _tensors(self, h):
-        return (("m", "exp_avg", 0.0, True),)
 
     def _scalars(self, h, b, scale):
         b1, b2 = h["betas"]
