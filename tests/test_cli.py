@@ -79,6 +79,7 @@ def test_broken_kernel_is_reported_failed_and_not_timed(monkeypatch, capsys):
     (["bench", "--kernels", "sort"], "--kernels: unknown 'sort'"),
     (["bench", "--backends", "fortran"], "--backends: unknown 'fortran'"),
     (["bench", "--sizes", "big"], "--sizes: cannot read 'big'"),
+    (["bench", "--rules", "adam,adamax"], "--rules: unknown 'adamax'; choose from sgd,"),
 ])
 def test_bad_arguments_are_usage_errors(args, pattern, capsys):
     assert cli.main(args) == 2
@@ -90,6 +91,16 @@ def test_unknown_option_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--fast"])
     assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_bench_times_each_rule_asked_for(capsys):
+    """--rules picks the optimizer rows; each rule's ceiling streams its own traffic."""
+    assert cli.main(TINY + ["--kernels", "optim", "--rules", "sgd,lion", "--no-peers"]) == 0
+    out = capsys.readouterr().out
+    assert "sgd 12, lion 20" in out and "adam f32" not in out
+    for rule in ("sgd", "lion"):
+        assert f"{rule} f32 n=2^12 flat" in out
+    assert bench.optim_traffic("adam") == (28, 4, 3) and bench.optim_traffic("sgd") == (12, 2, 1)
 
 
 def test_parse_size():
