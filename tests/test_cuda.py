@@ -96,6 +96,38 @@ def test_simulator():
     print(out.stdout.strip().splitlines()[-1])
 
 
+def _nvvm_home():
+    """A CUDA toolkit with libNVVM (numba.cuda's compiler), or None."""
+    nvcc = shutil.which("nvcc")
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if nvcc:
+        homes.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in filter(None, homes):
+        if any(Path(home).glob("**/libnvvm.so*")):
+            return home
+    return None
+
+
+def test_numba_cuda_kernels_compile_to_ptx():
+    """Every numba-cuda optimizer kernel (plain and guarded, every rule, float32 and float64)
+    compiles to PTX with the real compiler: what a GPU would run, which the simulator does
+    not compile. Needs libNVVM (a CUDA toolkit, as CI has), not a GPU."""
+    pytest.importorskip("numba")
+    home = _nvvm_home()
+    if home is None:
+        pytest.skip("no CUDA toolkit with libNVVM here")  # CI has one (nvcc)
+    env = {**os.environ, "CUDA_HOME": home,
+           "PYTHONPATH": os.pathsep.join([str(Path(fastopt.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "numba_cuda_ptx.py")],
+                         capture_output=True, text=True, env=env, cwd=ROOT / "tests",
+                         timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    kernels = 2 * 2 * len({r.kernel for r in fastopt._rules.RULES.values()})
+    assert out.stdout.strip().splitlines()[-1] == f"compiled {kernels}", out.stdout[-3000:]
+
+
 # -- device input is validated before any launch (no GPU needed) --------------------------------
 
 
