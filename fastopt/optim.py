@@ -563,8 +563,8 @@ class Lion(Optimizer):
     r"""Lion (Chen et al. 2023; optax.lion): u <- b1 m + (1-b1) g;
     theta <- (1 - eta_t lambda) theta - eta_t sign(u); m <- b2 m + (1-b2) g (m starts at 0).
 
-    The decay is decoupled (default lambda = 1e-3, as optax). Use a learning rate 3-10x
-    below AdamW's."""
+    The decay is decoupled (default lambda = 1e-3, as optax; fastopt.torch.Lion defaults to
+    0, as torch users' Lion code does). Use a learning rate 3-10x below AdamW's."""
     rule = "lion"
 
 
