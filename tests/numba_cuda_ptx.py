@@ -14,6 +14,7 @@ from numba import cuda
 from numba.core import types as nt
 
 from fastopt import _core, _rules
+from fastopt._numba.elements import with_globals
 from fastopt._numba_cuda import guard, optim
 
 
@@ -34,8 +35,7 @@ for dtype in (np.float32, np.float64):
         env = optim.element_env(name)
         for fn, sig in ((optim._update, (arr, arr, arr, arr, coef)),
                         (guard._guarded_update, (arr, arr, arr, arr, rows, arr, ctl))):
-            copy = types.FunctionType(fn.__code__, {**fn.__globals__, **env}, fn.__name__)
-            ptx, _ = cuda.compile_ptx(copy, sig, cc=(8, 0))
+            ptx, _ = cuda.compile_ptx(with_globals(fn, env), sig, cc=(8, 0))
             assert ".entry" in ptx or ".visible .entry" in ptx or ".func" in ptx
             print(f"{dtype.__name__} {name} {fn.__name__}: {len(ptx)} bytes of PTX")
             count += 1

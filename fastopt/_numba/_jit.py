@@ -2,11 +2,11 @@
 compiling one Python function into several independently cached kernels."""
 from __future__ import annotations
 
-import types
-
 from numba import njit
 from numba import types as nbtypes
 from numba.extending import intrinsic
+
+from .elements import with_globals
 
 # error_model="numpy": x/0 gives inf/nan as in the reference (and keeps loops vectorisable).
 JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -27,10 +27,7 @@ def pointer(typingctx, address, like):
 def compiled(fn, name: str, env: dict | None = None, **options):
     """``fn`` jitted as a copy named ``name`` with the globals ``env`` added: its own entry in
     Numba's on-disk cache (which is keyed on the qualified name), its own globals."""
-    copy = types.FunctionType(fn.__code__, {**fn.__globals__, **(env or {})}, name,
-                              fn.__defaults__, fn.__closure__)
-    copy.__qualname__ = name
-    return njit(**options, **JIT)(copy)
+    return njit(**options, **JIT)(with_globals(fn, env or {}, name))
 
 
 def twins(fn, env: dict | None = None, name: str | None = None):

@@ -17,28 +17,24 @@ from numba import carray, njit, prange
 from .. import _rules
 from .._core import coef
 from .._validate import check_optim_kernel_args, kernel_addresses
+from .elements import update_at, with_globals
 from ._jit import JIT, SERIAL_BELOW, compiled, pointer as _pointer, twins
 
 #: Elements per chunk of the multi-array table (the C++ backend's chunk size).
 CHUNK = 1 << 15
 
 
-# The traversal, written once. Compiled per rule with these globals: ELEMENT (the rule's
-# element function, jitted), NSTATES (its number of state buffers) and LOOP (the rule's own
-# compiled _loop). The closure variable KEY is the element's code: Numba's on-disk cache keys
-# on a function's code and closure, so editing a rule's element recompiles its kernel.
+# The traversal, written once. Compiled per rule with these globals: UPDATE_AT (elements.
+# update_at with the rule's element function) and LOOP (the rule's own compiled _loop). The
+# closure variable KEY is the code of both: Numba's on-disk cache keys on a function's code
+# and closure, so editing a rule's element (or update_at) recompiles its kernel.
 
 def _factory(KEY):
     def _loop(p, g, s0, s1, c):
         """One chunk: p, g and the states are the same length (unused states alias p)."""
         KEY  # noqa: B018 - part of the cache key (see above)
         for i in range(p.size):
-            if NSTATES == 0:  # noqa: F821 - a global of the compiled copy
-                p[i], _a, _b = ELEMENT(p[i], g[i], p[i], p[i], c)  # noqa: F821
-            elif NSTATES == 1:  # noqa: F821
-                p[i], s0[i], _b = ELEMENT(p[i], g[i], s0[i], s0[i], c)  # noqa: F821
-            else:
-                p[i], s0[i], s1[i] = ELEMENT(p[i], g[i], s0[i], s1[i], c)  # noqa: F821
+            UPDATE_AT(p, g, s0, s1, i, c)  # noqa: F821 - a global of the compiled copy
 
     def _multi(P, G, S0, S1, sizes, like, c):
         """Every array in one call: a table of data addresses cut into CHUNK-element chunks
@@ -68,10 +64,12 @@ def _factory(KEY):
 def kernel(name: str):
     """(parallel, serial) multi-array kernels of element-math kernel ``name``."""
     rule = next(r for r in _rules.RULES.values() if r.kernel == name)
-    code = rule.element.__code__
-    key = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()
+    key = hashlib.sha256(b"".join(f.__code__.co_code + repr(f.__code__.co_consts).encode()
+                                  for f in (rule.element, update_at))).hexdigest()
     loop, multi = _factory(key)
-    env = dict(ELEMENT=njit(inline="always", **JIT)(rule.element), NSTATES=len(rule.state))
+    at = with_globals(update_at, dict(ELEMENT=njit(inline="always", **JIT)(rule.element),
+                                      NSTATES=len(rule.state)), f"_update_at_{name}")
+    env = dict(UPDATE_AT=njit(inline="always", **JIT)(at))
     env["LOOP"] = compiled(loop, f"_loop_{name}", env)
     return twins(multi, env, f"_multi_{name}")
 

@@ -96,13 +96,8 @@ def _guarded_update(p, g, s0, s1, rows, gs, ctl):
     i = cuda.grid(1)
     if i < p.size and ctl[0, G_SKIPPED] == 0:
         r = rows[int(ctl[0, G_ROW])]
-        c = _with_gscale(r, gs[0])
-        if NSTATES == 0:  # noqa: F821 - a global of the compiled copy (optim.jit_with)
-            p[i], _a, _b = ELEMENT(p[i], g[i], p[i], p[i], c)  # noqa: F821
-        elif NSTATES == 1:  # noqa: F821
-            p[i], s0[i], _b = ELEMENT(p[i], g[i], s0[i], s0[i], c)  # noqa: F821
-        else:
-            p[i], s0[i], s1[i] = ELEMENT(p[i], g[i], s0[i], s1[i], c)  # noqa: F821
+        # UPDATE_AT: a global of the compiled copy (optim.jit_with)
+        UPDATE_AT(p, g, s0, s1, i, _with_gscale(r, gs[0]))  # noqa: F821
 
 
 if SIMULATOR:

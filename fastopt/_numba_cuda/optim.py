@@ -14,6 +14,7 @@ from numba import cuda
 
 from .. import _rules
 from .._core import coef
+from .._numba.elements import update_at, with_globals
 from ._common import THREADS, as_numba, blocks, stream_of
 
 
@@ -21,28 +22,22 @@ def _update(p, g, s0, s1, c):
     """One element per thread; unused states alias p and are never written."""
     i = cuda.grid(1)
     if i < p.size:
-        if NSTATES == 0:  # noqa: F821 - a global of the compiled copy (see jit_with)
-            p[i], _a, _b = ELEMENT(p[i], g[i], p[i], p[i], c)  # noqa: F821
-        elif NSTATES == 1:  # noqa: F821
-            p[i], s0[i], _b = ELEMENT(p[i], g[i], s0[i], s0[i], c)  # noqa: F821
-        else:
-            p[i], s0[i], s1[i] = ELEMENT(p[i], g[i], s0[i], s1[i], c)  # noqa: F821
+        UPDATE_AT(p, g, s0, s1, i, c)  # noqa: F821 - a global of the compiled copy (jit_with)
 
 
 def jit_with(fn, env, **options):
     """``fn`` compiled by cuda.jit with the globals ``env`` added (one copy per rule)."""
-    import types
-    copy = types.FunctionType(fn.__code__, {**fn.__globals__, **env}, fn.__name__,
-                              fn.__defaults__, fn.__closure__)
-    return cuda.jit(**options)(copy)
+    return cuda.jit(**options)(with_globals(fn, env))
 
 
 @functools.lru_cache(maxsize=None)
 def element_env(name: str) -> dict:
-    """ELEMENT (the device function) and NSTATES of element-math kernel ``name``."""
+    """UPDATE_AT of element-math kernel ``name``: elements.update_at with the rule's element
+    function, as a device function."""
     rule = next(r for r in _rules.RULES.values() if r.kernel == name)
-    return dict(ELEMENT=cuda.jit(device=True, inline=True)(rule.element),
-                NSTATES=len(rule.state))
+    at = with_globals(update_at, dict(ELEMENT=cuda.jit(device=True, inline=True)(rule.element),
+                                      NSTATES=len(rule.state)))
+    return dict(UPDATE_AT=cuda.jit(device=True, inline=True)(at))
 
 
 @functools.lru_cache(maxsize=None)
