@@ -122,9 +122,9 @@ def check_matching(ref: list, ref_name: str, other: list, name: str, *, state: b
                              f"cuda:{da}; all arrays of a call must be on one device")
 
 
-if _native.cpu() is not None:  # it reads data pointers ~50x faster than __array_interface__
-    _host_addresses = _native.cpu().data_addresses
-    _kernel_addresses = _native.cpu().kernel_addresses
+_ext = _native.cpu()
+if _ext is not None:  # the extension reads data pointers ~50x faster than __array_interface__
+    _host_addresses, _kernel_addresses = _ext.data_addresses, _ext.kernel_addresses
 else:
     _kernel_addresses = None
 

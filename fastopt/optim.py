@@ -55,7 +55,7 @@ _COMMON = (("backend", None), ("max_grad_norm", None), ("nonfinite", "skip"), ("
            ("comm", None))
 
 # the per-step argument check's fast path; without the extension, Python's checks
-_like_addresses = _native.cpu().like_addresses if _native.cpu() is not None else None
+_like_addresses = getattr(_native.cpu(), "like_addresses", None)
 
 
 def _check_max_grad_norm(value):
@@ -105,8 +105,7 @@ class Optimizer:
     State arrays are numbered across the groups in order (``state_dict``'s ``m.<i>``), and
     the state dict records the groups' sizes: it loads only into an optimizer grouped the same
     way. The groups' settings are not saved (nor are an ungrouped optimizer's): the loading
-    optimizer keeps its own. ``StepResult.lr`` is
-    the first group's rate."""
+    optimizer keeps its own. ``StepResult.lr`` is the first group's rate."""
 
     rule = ""
 
@@ -429,8 +428,9 @@ class Optimizer:
         Settings (lr, hyperparameters) are not saved: the loading optimizer keeps its own."""
         with self._exclusive("state_dict()"):
             sd = {"optimizer": np.array(self.rule), "step": np.array(self.step_count, np.int64)}
-            if self._group_sizes() is not None:
-                sd["groups"] = self._group_sizes()
+            sizes = self._group_sizes()
+            if sizes is not None:
+                sd["groups"] = sizes
             for name, arrays in self.state.items():
                 for i, a in enumerate(arrays):
                     sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()

@@ -836,10 +836,11 @@ class RMSprop(_Fused, torch.optim.RMSprop):
         return "rmsprop"
 
     def _tensors(self, h):
-        v0 = dict(_rules.get("rmsprop").state)["v"] if self.semantics == "fastopt" else 0.0
-        # the kernel always updates m; without momentum torch keeps no buffer, and m is then
-        # a scratch array of the plan (its old value is multiplied by 0)
-        v, m = self._declared(h, required=True, init={"v": v0},
+        # torch's v starts at 0, the declared rule's (semantics="fastopt") at 1. The kernel
+        # always updates m; without momentum torch keeps no buffer, and m is then a scratch
+        # array of the plan (its old value is multiplied by 0)
+        v, m = self._declared(h, required=True,
+                              init={} if self.semantics == "fastopt" else {"v": 0.0},
                               keep=("v", "m") if h["momentum"] > 0 else ("v",))
         return v, m[:3] + (False,)
 
