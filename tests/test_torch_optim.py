@@ -338,25 +338,32 @@ ADAGRAD_RUNS = [
 ]
 
 
+def stepped_together(a, b, pa, pb):
+    """Steps optimizer a (over params pa) and b (over pb) on the same odd-size gradients STEPS
+    times; after each step yields (step, index, a's param, b's param) for every param."""
+    for s in range(STEPS):
+        odd_grads(pa, s)
+        odd_grads(pb, s)
+        a.step()
+        b.step()
+        for i, (p, q) in enumerate(zip(pa, pb)):
+            yield s, i, p, q
+
+
 @DTYPES
 @pytest.mark.parametrize("kw,over", ADAGRAD_RUNS, ids=[f"run{i}" for i in range(len(ADAGRAD_RUNS))])
 def test_adagrad_matches_torch_over_groups_and_odd_sizes(kw, over, dtype):
     pa, pb = odd_params(dtype), odd_params(dtype)
     theirs = torch.optim.Adagrad(three_groups(pa, over), foreach=False, **kw)
     ours = ft.Adagrad(three_groups(pb, over), **kw)
-    for s in range(STEPS):
-        odd_grads(pa, s)
-        odd_grads(pb, s)
-        theirs.step()
-        ours.step()
-        for i, (p, q) in enumerate(zip(pa, pb)):
-            torch.testing.assert_close(q.detach(), p.detach(), **ADAGRAD_TOL[dtype],
-                                       msg=f"step {s}, param {i}")
-            a, b = ours.state[q], theirs.state[p]
-            assert set(a) == set(b) == {"step", "sum"}
-            assert float(a["step"]) == float(b["step"])
-            assert a["sum"].dtype == b["sum"].dtype == dtype
-            torch.testing.assert_close(a["sum"], b["sum"], **ADAGRAD_TOL[dtype])
+    for s, i, p, q in stepped_together(theirs, ours, pa, pb):
+        torch.testing.assert_close(q.detach(), p.detach(), **ADAGRAD_TOL[dtype],
+                                   msg=f"step {s}, param {i}")
+        a, b = ours.state[q], theirs.state[p]
+        assert set(a) == set(b) == {"step", "sum"}
+        assert float(a["step"]) == float(b["step"])
+        assert a["sum"].dtype == b["sum"].dtype == dtype
+        torch.testing.assert_close(a["sum"], b["sum"], **ADAGRAD_TOL[dtype])
     assert float(ours.state[pb[2]]["step"]) == STEPS - len(range(1, STEPS, 3))
     assert float(ours.state[pb[0]]["step"]) == STEPS
     assert not torch.equal(pb[1], odd_params(dtype)[1])
@@ -457,15 +464,10 @@ def test_lion_matches_a_plain_torch_lion_bit_for_bit(kw, dtype, backend):
     pa, pb = odd_params(dtype), odd_params(dtype)
     ours = ft.Lion(three_groups(pa, LION_OVER), backend=backend, **kw)
     theirs = ReferenceLion(three_groups(pb, LION_OVER), **kw)
-    for s in range(STEPS):
-        odd_grads(pa, s)
-        odd_grads(pb, s)
-        ours.step()
-        theirs.step()
-        for i, (p, q) in enumerate(zip(pa, pb)):
-            assert torch.equal(p, q), f"step {s}, param {i}"
-            assert set(ours.state[p]) == set(theirs.state[q]) == {"exp_avg"}
-            assert torch.equal(ours.state[p]["exp_avg"], theirs.state[q]["exp_avg"])
+    for s, i, p, q in stepped_together(ours, theirs, pa, pb):
+        assert torch.equal(p, q), f"step {s}, param {i}"
+        assert set(ours.state[p]) == set(theirs.state[q]) == {"exp_avg"}
+        assert torch.equal(ours.state[p]["exp_avg"], theirs.state[q]["exp_avg"])
     # it did move the params (by +-lr per step and element: a one-element one may come back)
     assert all(not torch.equal(p, q) for p, q in zip(pa, odd_params(dtype)) if p.numel() > 1)
 
