@@ -315,3 +315,159 @@ def compact_update(rule, params, grads, masters, states, absmax, k, sr=None):
             st_bits = bits(1 + j) if st[i].dtype == HOST_BF16 else None
             store(st[i], s[j].reshape(st[i].shape), st_bits,
                   absmax[j][i] if absmax and st[i].dtype in (I8, U8) else None)
+
+
+# -- the options, and the buffers they give each param --------------------------------------------
+
+def is16(dtype) -> bool:
+    return dtype == F16 or (HOST_BF16 is not None and dtype == HOST_BF16)
+
+
+class Options(tuple):
+    """(master_weights, state_dtype, stochastic_rounding, seed), checked (``check``)."""
+    __slots__ = ()
+    master = property(lambda self: self[0])
+    state_dtype = property(lambda self: self[1])
+    stochastic = property(lambda self: self[2])
+    seed = property(lambda self: self[3])
+
+    @property
+    def default(self) -> bool:
+        return self == DEFAULT
+
+    def __str__(self):
+        return (f"master_weights={self.master!r}, state_dtype={self.state_dtype!r}, "
+                f"stochastic_rounding={self.stochastic}, seed={self.seed}")
+
+
+def check(master_weights=False, state_dtype="float32", stochastic_rounding=False, seed=0):
+    """The compact-precision options, checked: TypeError/ValueError naming the argument."""
+    if master_weights is not True and master_weights is not False \
+            and master_weights != "remainder":
+        raise ValueError(f"master_weights must be False, True or 'remainder', got "
+                         f"{master_weights!r:.80}")
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {', '.join(map(repr, STATE_DTYPES))}, "
+                         f"got {state_dtype!r:.80}")
+    if stochastic_rounding is not True and stochastic_rounding is not False:
+        raise TypeError(f"stochastic_rounding must be True or False, got "
+                        f"{stochastic_rounding!r:.80}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) < 1 << 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r:.80}")
+    return Options((master_weights, state_dtype, stochastic_rounding, int(seed)))
+
+
+DEFAULT = Options((False, "float32", False, 0))
+
+
+def check_params(params, opts: Options, where="params"):
+    """The options fit these (host) params: 16-bit masters need 16-bit params, remainders
+    bfloat16 ones, and float64 params take no compact option."""
+    dts = [a.dtype for a in params]
+    if opts.master is not False and not any(is16(d) for d in dts):
+        raise ValueError(f"master_weights={opts.master!r} keeps float32 masters of 16-bit "
+                         f"params, but no param is bfloat16 or float16")
+    if opts.master == "remainder":
+        for i, d in enumerate(dts):
+            if d == F16:
+                raise ValueError(
+                    f"master_weights='remainder' needs bfloat16 params, but {where}[{i}] is "
+                    "float16: a bfloat16 value is the high half of a float32, so 16 more bits "
+                    "complete it; a float16 value (5 exponent bits) is not part of any "
+                    "float32's bits. Use master_weights=True for float16")
+    if not opts.default:
+        for i, d in enumerate(dts):
+            if d == np.float64:
+                raise ValueError(f"{where}[{i}] is float64, which takes no compact-precision "
+                                 f"option ({opts}); those are for float32 and 16-bit params")
+
+
+def state_storage(rule, name, n, param_dtype, state_dtype):
+    """The dtype of state buffer ``name`` of an ``n``-element param."""
+    if param_dtype == np.float64:
+        return np.dtype(np.float64)
+    if state_dtype == "bfloat16":
+        return HOST_BF16
+    if state_dtype == "int8" and n >= QMIN_SIZE:
+        return U8 if name in rule.nonnegative else I8
+    return F32
+
+
+def init(rule, params, opts: Options, hyper):
+    """(masters or None, {name: [storage]}, {name: [absmax or None]}) for fresh state."""
+    masters = None
+    if opts.master is not False:
+        masters = []
+        for p in params:
+            if not is16(p.dtype):
+                masters.append(None)
+            elif opts.master is True:
+                masters.append(load(p))
+            else:
+                masters.append(np.zeros(p.shape, I16))  # param + 0 is the param exactly
+    states, absmax = {}, {}
+    for name, value in rule.initial_values(hyper):
+        states[name], absmax[name] = [], []
+        for p in params:
+            dt = state_storage(rule, name, p.size, p.dtype, opts.state_dtype)
+            if dt in (I8, U8):
+                codes, am = quantise(np.full(p.size, value, F32), dt)
+                states[name].append(codes.reshape(p.shape))
+                absmax[name].append(am)
+            else:
+                states[name].append(np.full(p.shape, value, dt))
+                absmax[name].append(None)
+    return masters, states, absmax
+
+
+def master_value(p, master):
+    """The float32 value the optimizer steps from: the master, param + remainder, or the
+    param widened."""
+    if master is None:
+        return load(p) if p.dtype != np.float64 else p.copy()
+    if master.dtype == F32:
+        return master.copy()
+    return remainder_join(p.view(U16), master).reshape(p.shape)
+
+
+def check_layout(rule, params, masters, states, absmax):
+    """Buffers handed to a compact step fit the params: per param, a master of float32 (any
+    16-bit param) or int16 (bfloat16 only) or None; each state buffer float32, bfloat16 or
+    8-bit codes of the param's shape, codes with a float32 absmax of one entry per block."""
+    n = len(params)
+    if masters is not None and len(masters) != n:
+        raise ValueError(f"state['masters'] has {len(masters)} entries but params has {n}")
+    for i, p in enumerate(params):
+        m = None if masters is None else masters[i]
+        if m is not None:
+            if not isinstance(m, np.ndarray) or m.shape != p.shape or not m.flags.c_contiguous \
+                    or not m.flags.writeable:
+                raise ValueError(f"state['masters'][{i}] must be a writable C-contiguous "
+                                 f"ndarray of shape {p.shape}")
+            if not (is16(p.dtype) and (m.dtype == F32 or (m.dtype == I16
+                                                         and p.dtype == HOST_BF16))):
+                raise TypeError(f"state['masters'][{i}] has dtype {m.dtype}: a master is "
+                                f"float32 (16-bit params) or an int16 remainder (bfloat16 "
+                                f"params); params[{i}] is {p.dtype}")
+    for name, arrays in states.items():
+        if len(arrays) != n or len(absmax[name]) != n:
+            raise ValueError(f"state[{name!r}] must hold {n} arrays, like params")
+        for i, (p, s, a) in enumerate(zip(params, arrays, absmax[name])):
+            where = f"state[{name!r}][{i}]"
+            if not isinstance(s, np.ndarray) or s.shape != p.shape or not s.flags.c_contiguous \
+                    or not s.flags.writeable:
+                raise ValueError(f"{where} must be a writable C-contiguous ndarray of shape "
+                                 f"{p.shape}")
+            ok = (F32, HOST_BF16, I8, U8) if p.dtype != np.float64 else (np.dtype(np.float64),)
+            if s.dtype not in ok:
+                raise TypeError(f"{where} has dtype {s.dtype}; state of a {p.dtype} param is "
+                                f"{', '.join(map(str, ok))}")
+            if s.dtype in (I8, U8):
+                if not isinstance(a, np.ndarray) or a.dtype != F32 or a.shape != (
+                        nblocks(p.size),) or not a.flags.writeable:
+                    raise ValueError(f"state['absmax'][{name!r}][{i}] must be a writable "
+                                     f"float32 array of {nblocks(p.size)} block maxima")
+            elif a is not None:
+                raise ValueError(f"state['absmax'][{name!r}][{i}] must be None: {where} is "
+                                 f"{s.dtype}, not 8-bit codes")

@@ -34,6 +34,10 @@ class BackendModule(Protocol):
     def optim_update(self, rule, params, grads, states, k):
         """Rule ``rule`` in place on every (param, grad, *states) triple; ``k``: Scalars."""
 
+    def compact_update(self, rule, params, grads, masters, states, absmax, k, sr):
+        """Rule ``rule`` on compact storage (16-bit params, masters, bf16 or 8-bit state,
+        stochastic rounding): ``fastopt._precision.compact_update``'s contract."""
+
     def norm_partials(self, arrays, scale, want_max):
         """(per-array float64 sums of squares of scale * x in the fixed block/lane order,
         per-array max |x| or None)."""
@@ -53,7 +57,7 @@ class BackendModule(Protocol):
 
 
 #: kernel family -> the BackendModule function that runs it ("optim.<rule>" -> optim_update)
-ENTRY = {"optim": "optim_update", "optim.guarded_step": "guarded_step",
+ENTRY = {"optim": "optim_update", "compact": "compact_update", "optim.guarded_step": "guarded_step",
          "norm.global_norm": "norm_partials", "norm.scale": "norm_scale",
          "norm.guarded": "guarded_norm", "halton.halton": "halton"}
 
@@ -77,6 +81,9 @@ class Backend:
 
 
 _HOST = (F32, F64)
+#: Compact steps (fastopt/_precision.py) and the norm also read 16-bit host arrays.
+_HOST16 = (F32, F16, BF16)
+_NORM_HOST = (F32, F64, F16, BF16)
 #: On the device, 16-bit storage computes in float32 (optimizer state in float32 too).
 _CUDA = (F32, F64, F16, BF16)
 
@@ -85,19 +92,24 @@ def _optim(dtypes):
     return {f"optim.{rule}": dtypes for rule in RULES}
 
 
+def _compact():
+    return {f"compact.{rule}": _HOST16 for rule in RULES}
+
+
 #: Every backend, fastest first within the host and the device ones (dispatch's order).
 BACKENDS: tuple[Backend, ...] = (
     Backend("cpp", False, "fastopt._cpp",
-            {**_optim(_HOST), "norm.global_norm": _HOST, "norm.scale": _HOST,
-             "halton.halton": (F64,)},
+            {**_optim(_HOST), **_compact(), "norm.global_norm": _NORM_HOST,
+             "norm.scale": _HOST, "halton.halton": (F64,)},
             doc="C++ kernels (OpenMP, SIMD chosen at run time), the extension fastopt._C"),
     Backend("numba", False, "fastopt._numba",
-            {**_optim(_HOST), "norm.global_norm": _HOST, "norm.scale": _HOST,
-             "halton.halton": (F64,)},
+            {**_optim(_HOST), **_compact(), "norm.global_norm": _NORM_HOST,
+             "norm.scale": _HOST, "halton.halton": (F64,)},
             requires=(("numba", "pip install numba"),),
             doc="the same kernels JIT-compiled by Numba, for machines without a compiler"),
     Backend("numpy", False, "fastopt._reference",
-            {**_optim(_HOST), "norm.global_norm": _HOST, "norm.scale": _HOST,
+            {**_optim(_HOST), **_compact(), "norm.global_norm": _NORM_HOST,
+             "norm.scale": _HOST,
              # the guarded step's contract, on host arrays: what the device backends match
              "optim.guarded_step": _HOST, "norm.guarded": _HOST, "halton.halton": (F64,)},
             doc="the NumPy reference every other backend is tested against"),

@@ -349,3 +349,23 @@ def check_device_optim_args(rule, params, grads, states, k):
         raise TypeError(f"scalars must be a _registry.Scalars, got {type(k).__name__}")
     check_device_kernel_arrays([("params", params, False), ("grads", grads, False)]
                                + [(f"states[{j}]", s, True) for j, s in enumerate(states)])
+
+
+#: Host params of a compact step (fastopt/_precision.py): 16-bit storage too.
+HOST16_DTYPES = (F32, F64, F16, BF16)
+
+
+def check_grads16(params: list, grads: list, name: str = "grads"):
+    """Host grads for params that may be 16-bit: C-contiguous ndarrays, one per param, of its
+    shape and of its dtype or float32 (a bfloat16 grad of a float32 param would lose bits the
+    caller had)."""
+    check_float_arrays(grads, name, writable=False, dtypes=HOST16_DTYPES)
+    if len(grads) != len(params):
+        raise ValueError(f"{name} has {len(grads)} arrays but params has {len(params)}")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"{name}[{i}] has shape {tuple(g.shape)} but params[{i}] has "
+                             f"{tuple(p.shape)}")
+        if g.dtype != p.dtype and not (g.dtype == F32 and p.dtype in (F16, BF16)):
+            raise TypeError(f"{name}[{i}] has dtype {g.dtype} but params[{i}] has {p.dtype}; a "
+                            "grad has its param's dtype, or float32 for a 16-bit param")

@@ -225,7 +225,9 @@ class ShardedOptimizer:
       reduction: ``"mpi"`` (``Reduce_scatter``) or ``"ordered"`` (``Alltoallv``, then a sum in
         rank order: reproducible bits; see the module docstring).
       **kwargs: the optimizer's own arguments (``lr``, betas, ``max_grad_norm``, ``nonfinite``,
-        ``monitor``, ``backend``...).
+        ``monitor``, ``backend``, and the compact-state options ``state_dtype`` and
+        ``stochastic_rounding``/``seed``, which shrink each rank's shard of the state; the
+        params themselves stay float32 or float64 here, so ``master_weights`` is refused).
 
     Construction and ``step``/``load_state_dict`` are collective. Bad input on any rank
     (different parameter shapes across ranks, a wrong gradient) raises on every rank: the rank
@@ -304,7 +306,7 @@ class ShardedOptimizer:
             type(m).__qualname__ + (repr(m) if isinstance(m, AutoClip) else "")
         takes_norm = o.nonfinite != "ignore" or o.monitor is not None or isinstance(m, float)
         text = repr((type(o).__qualname__, sorted(o.hyper.items()), self.average,
-                     self.reduction, o.nonfinite, clip, takes_norm))
+                     self.reduction, o.nonfinite, clip, takes_norm, str(o.precision)))
         return zlib.crc32(text.encode())
 
     # -- the public view ----------------------------------------------------------------------

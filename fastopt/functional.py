@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, _dispatch, _rules
+from . import _device, _dispatch, _registry, _rules
 from ._core import Scalars
-from ._validate import (as_list, check_float_arrays, check_matching, check_no_overlap, dtype_of,
-                        is_device_array, real, state_dtype, check_step)
+from . import _precision
+from ._validate import (HOST16_DTYPES, as_list, check_float_arrays, check_grads16,
+                        check_matching, check_no_overlap, dtype_of, is_device_array, real,
+                        state_dtype, check_step)
 
 __all__ = ["update", "init_state", "scalars", "rules", "hyperparameters"]
 
@@ -72,13 +74,29 @@ def _scalars(rule, *, lr, step, grad_scale=1.0, **hyper) -> Scalars:
     return _rules.RULES[rule].scalars(lr=lr, step=step, grad_scale=grad_scale, **hyper)
 
 
-def init_state(rule, params, **hyper) -> dict:
+def init_state(rule, params, *, master_weights=False, state_dtype="float32", **hyper) -> dict:
     """Fresh state for ``rule``: {name: [array like each param]}, each buffer at its initial
     value (zeros; rmsprop's v: ones; adagrad's sum: ``initial_accumulator_value``).
 
-    Device params get device state from the same library, float32 for 16-bit params."""
+    Device params get device state from the same library, float32 for 16-bit params.
+
+    Host params may be bfloat16 (``ml_dtypes.bfloat16``) or float16, with the compact options
+    of fastopt/_precision.py: ``master_weights`` (False, True: a float32 master per 16-bit
+    param, "remainder": its low 16 bits beside a bfloat16 param) and ``state_dtype``
+    ("float32", "bfloat16", "int8": 8-bit block codes for arrays of >= 4096 elements). The
+    state then also holds "masters" (per param: None, the master or the remainder) and
+    "absmax" ({name: [per-block absmax of 8-bit state, else None]})."""
     r = _rules.get(rule)
     params = as_list(params, "params")
+    opts = _precision.check(master_weights, state_dtype)
+    if params and not is_device_array(params[0]) and (
+            not opts.default or any(_precision.is16(dtype_of(p)) for p in params)):
+        check_float_arrays(params, "params", writable=True, dtypes=HOST16_DTYPES)
+        _precision.check_params(params, opts)
+        masters, states, absmax = _precision.init(r, params, opts, r.check_hyper(**hyper))
+        return {**states, "masters": masters, "absmax": absmax}
+    if not opts.default:
+        raise ValueError(f"{opts}: compact-precision options run on host (CPU) arrays")
     return {name: [_device.full_like(p, init, state_dtype(dtype_of(p))) if is_device_array(p)
                    else np.full_like(p, init) for p in params]
             for name, init in r.initial_values(r.check_hyper(**hyper))}
@@ -107,18 +125,40 @@ def run(rule, params, grads, states, k: Scalars, backend=None):
             [[s[i] for i in idx] for s in states], k)
 
 
-def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None, **hyper):
+def run_compact(rule, params, grads, masters, states, absmax, k: Scalars, sr=None,
+                backend=None):
+    """Validated host arrays on compact storage (fastopt/_precision.py) -> one kernel call."""
+    if not params:
+        return
+    dts = list(dict.fromkeys(str(p.dtype) for p in params))
+    name = _dispatch.resolve(f"compact.{rule}", backend, dtype=params[0].dtype)
+    for p in params:  # a backend that runs the first dtype but not another: refuse up front
+        if p.dtype not in _registry.KERNELS[f"compact.{rule}"][name]:
+            raise TypeError(f"backend {name!r} has no compact {rule} kernel for {p.dtype} "
+                            f"(dtypes here: {', '.join(dts)})")
+    _dispatch.module(name).compact_update(rule, params, grads, masters, states, absmax, k, sr)
+
+
+def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None,
+           stochastic_rounding=False, seed=0, **hyper):
     """One fused in-place step of ``rule`` on every array (see the module docstring).
 
     ``state`` maps each state name of the rule (``init_state``) to a list like ``params``;
     ``step`` is the number of steps already taken; ``lr`` is eta_t for this step.
+    ``stochastic_rounding``: 16-bit params without a master, and bfloat16 state, round with
+    the random stream keyed by (``seed``, ``step``, array index, element index).
     """
     r = _rules.get(rule)
     h = r.check_hyper(**hyper)
     step = check_step(step, "step")
     lr = real(lr, "lr", lo=0)
     grad_scale = real(grad_scale, "grad_scale", lo=0)
+    opts = _precision.check(stochastic_rounding=stochastic_rounding, seed=seed)
     params, grads = as_list(params, "params"), as_list(grads, "grads")
+    if isinstance(state, dict) and ("masters" in state or "absmax" in state or (
+            params and not is_device_array(params[0])
+            and any(_precision.is16(dtype_of(p)) for p in params)) or opts.stochastic):
+        return _update_compact(r, params, grads, state, step, lr, grad_scale, backend, opts, h)
     check_float_arrays(params, "params", writable=True)
     check_float_arrays(grads, "grads", writable=False)
     check_matching(params, "params", grads, "grads")
@@ -137,3 +177,31 @@ def update(rule, params, grads, state, *, step, lr, grad_scale=1.0, backend=None
                      {"grads": grads})
     run(r.name, params, grads, states, r.scalars(lr=lr, step=step, grad_scale=grad_scale, **h),
         backend)
+
+
+def _update_compact(r, params, grads, state, step, lr, grad_scale, backend, opts, h):
+    """``update`` on compact storage: every buffer checked against a fresh ``init_state``'s
+    layout for these params (dtype and shape), so nothing is written unless all fit."""
+    check_float_arrays(params, "params", writable=True, dtypes=HOST16_DTYPES)
+    check_grads16(params, grads)
+    names = list(r.state_names)
+    want = sorted(names + ["masters", "absmax"])
+    if sorted(state) != want:
+        raise ValueError(f"state for {r.name} must have keys {want} (init_state with 16-bit "
+                         f"params or compact options), got {sorted(state)}")
+    masters = state["masters"]
+    absmax = state["absmax"]
+    if masters is not None:
+        masters = as_list(masters, "state['masters']") if not isinstance(masters, list) \
+            else masters
+    if not isinstance(absmax, dict) or sorted(absmax) != sorted(names):
+        raise ValueError(f"state['absmax'] must be a dict with keys {names}")
+    _precision.check_layout(r, params, masters, {n: state[n] for n in names}, absmax)
+    written = {"params": params, **{f"state[{n!r}]": list(state[n]) for n in names}}
+    written["state['masters']"] = [m for m in masters or () if m is not None]
+    written["state['absmax']"] = [a for n in names for a in absmax[n] if a is not None]
+    check_no_overlap(written, {"grads": grads})
+    sr = (opts.seed, step, list(range(len(params)))) if opts.stochastic else None
+    run_compact(r.name, params, grads, masters, [list(state[n]) for n in names],
+                [list(absmax[n]) for n in names],
+                r.scalars(lr=lr, step=step, grad_scale=grad_scale, **h), sr, backend)

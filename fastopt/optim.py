@@ -39,9 +39,11 @@ from . import norm as _norm
 from .monitor import AutoClip, GradNormMonitor
 from ._pipeline import DevicePipeline, StepResult
 from . import _dispatch
-from . import _device, _mpi, _native
-from ._validate import (Exclusive, as_list, check_float_arrays, check_like, check_no_overlap,
-                        check_step, data_addresses, dtype_of, is_device_array, nbytes, real)
+from . import _device, _mpi, _native, _precision
+from ._precision import HOST_BF16 as BF16
+from ._validate import (HOST16_DTYPES, Exclusive, as_list, check_float_arrays, check_grads16,
+                        check_like, check_no_overlap, check_step, data_addresses, dtype_of,
+                        is_device_array, nbytes, real)
 from .schedules import as_schedule
 
 __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
@@ -52,7 +54,9 @@ _NONFINITE = ("skip", "raise", "ignore")
 _P = inspect.Parameter
 #: The arguments every optimizer takes besides the rule's own (keyword-only).
 _COMMON = (("backend", None), ("max_grad_norm", None), ("nonfinite", "skip"), ("monitor", None),
-           ("comm", None))
+           ("comm", None), ("master_weights", False), ("state_dtype", "float32"),
+           ("stochastic_rounding", False), ("seed", 0))
+_PRECISION = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
 
 # the per-step argument check's fast path; without the extension, Python's checks
 _like_addresses = getattr(_native.cpu(), "like_addresses", None)
@@ -141,8 +145,18 @@ class Optimizer:
         # A private list: the kernels take exactly these arrays, whatever is done to the
         # public tuple (a list that callers could append to would desynchronise the state).
         self._params, self._groups = self._take_groups(rule, params)
-        check_float_arrays(self._params, "params", writable=True)
+        check_float_arrays(self._params, "params", writable=True, dtypes=HOST16_DTYPES)
         check_no_overlap({"params": self._params})
+        self.precision = _precision.check(**{n: common[n] for n in _PRECISION})
+        p = self._params
+        # compact steps (fastopt/_precision.py): 16-bit host params, or any non-default option
+        self._compact = bool(p) and not is_device_array(p[0]) and (
+            not self.precision.default or any(_precision.is16(a.dtype) for a in p))
+        if p and is_device_array(p[0]) and not self.precision.default:
+            raise ValueError(f"{self.precision}: compact-precision options run on host (CPU) "
+                             "arrays; on device arrays 16-bit params keep float32 state")
+        if self._compact:
+            _precision.check_params(p, self.precision)
         self.backend = common["backend"]
         self.max_grad_norm = _check_max_grad_norm(common["max_grad_norm"])
         nonfinite = common["nonfinite"]
@@ -156,14 +170,25 @@ class Optimizer:
                             f"{type(monitor).__name__}")
         self.monitor = monitor
         self.state = {n: [] for n in rule.state_names}
+        self._absmax = {n: [] for n in rule.state_names}  # 8-bit state: per-block absmax
+        self._masters = None  # per param: None, a float32 master or an int16 remainder
         for g in self._groups:
+            if self._compact:
+                masters, states, absmax = _precision.init(
+                    rule, self._params[g.lo:g.hi], self.precision, g.hyper or self.hyper)
+                if masters is not None:
+                    self._masters = (self._masters or []) + masters
+                for n in rule.state_names:
+                    self.state[n] += states[n]
+                    self._absmax[n] += absmax[n]
+                continue
             for n, arrays in F.init_state(self.rule, self._params[g.lo:g.hi],
                                           **(g.hyper or self.hyper)).items():
                 self.state[n] += arrays
+                self._absmax[n] += [None] * len(arrays)
         self._step_count = 0
         self._guard = None  # a DevicePipeline, once a guarded step ran on device arrays
         # params never change device or dtype: whether they could take guarded steps at all
-        p = self._params
         self._guardable = bool(p) and is_device_array(p[0]) and len(self._groups) == 1 and \
             len({str(dtype_of(a)) for a in p}) == 1
         # Params and state never move: remember their byte ranges once, so each step only has
@@ -223,6 +248,8 @@ class Optimizer:
     def _run(self, grads, t, lrs, scale):
         """The update of step count t (group j at rate lrs[j]): one native call per distinct
         set of group scalars."""
+        if self._compact:
+            return self._run_compact(grads, t, lrs, scale)
         if len(self._groups) == 1:  # one group: its own hyperparameters (a dict may set them)
             k = F._scalars(self.rule, lr=lrs[0], step=t, grad_scale=scale,
                            **(self._groups[0].hyper or self.hyper))
@@ -238,6 +265,37 @@ class Optimizer:
             F.run(self.rule, [self._params[i] for i in idx], [grads[i] for i in idx],
                   [[s[i] for i in idx] for s in states], k, self.backend)
 
+    def _run_compact(self, grads, t, lrs, scale):
+        """``_run`` on compact storage: the same grouping, with each array's own index keying
+        its random streams (so the bits do not depend on how the groups are split)."""
+        runs = {}
+        for g, glr in zip(self._groups, lrs):
+            k = F._scalars(self.rule, lr=glr, step=t, grad_scale=scale,
+                           **(g.hyper or self.hyper))
+            runs.setdefault(k, []).extend(range(g.lo, g.hi))
+        names = _rules.RULES[self.rule].state_names
+        for k, idx in runs.items():
+            sr = (self.precision.seed, t, idx) if self.precision.stochastic else None
+            F.run_compact(self.rule, [self._params[i] for i in idx], [grads[i] for i in idx],
+                          None if self._masters is None else [self._masters[i] for i in idx],
+                          [[self.state[n][i] for i in idx] for n in names],
+                          [[self._absmax[n][i] for i in idx] for n in names], k, sr,
+                          self.backend)
+
+    def master_params(self) -> list:
+        """The values the optimizer steps from, as new float32 arrays: the float32 masters of
+        16-bit params (whole, or bfloat16 param + remainder, exactly), the other params
+        widened (float64 params copied as they are)."""
+        with self._exclusive("master_params()"):
+            self._settle()
+            if self._compact:
+                return [_precision.master_value(p, None if self._masters is None
+                                                else self._masters[i])
+                        for i, p in enumerate(self._params)]
+            return [(_device.to_host(p) if is_device_array(p) else p).astype(
+                np.float64 if dtype_of(p) == np.float64 else np.float32)
+                for p in self._params]
+
     @property
     def params(self) -> tuple:
         """The arrays this optimizer updates in place (fixed at construction)."""
@@ -245,14 +303,33 @@ class Optimizer:
 
     def _written(self):
         yield from self._params
-        for arrays in self.state.values():
-            yield from arrays
+        for _, _, a in self._buffers():
+            yield a
+
+    def _buffers(self):
+        """(key, i, array) of every buffer a checkpoint holds: each rule state, the 8-bit
+        states' block absmax (``<name>_absmax``), the masters (``master``) or remainders
+        (``remainder``)."""
+        for name, arrays in self.state.items():
+            for i, a in enumerate(arrays):
+                yield name, i, a
+        for name, arrays in self._absmax.items():
+            for i, a in enumerate(arrays):
+                if a is not None:
+                    yield f"{name}_absmax", i, a
+        for i, m in enumerate(self._masters or ()):
+            if m is not None:
+                yield ("master" if m.dtype == np.float32 else "remainder"), i, m
 
     def _states(self):
         return [self.state[name] for name in _rules.RULES[self.rule].state_names]
 
     def _check_grads(self, grads) -> list:
         grads = as_list(grads, "grads")
+        if self._compact:  # 16-bit storage, float32 grads of 16-bit params
+            check_grads16(self._params, grads)
+            start = np.array(data_addresses(grads), np.int64) if grads else None
+            return self._place_grads(grads, start)
         # the common case in one native pass (C++ extension built, NumPy arrays that match)
         start = _like_addresses(self._params, grads) if _like_addresses else None
         if start is None:
@@ -260,11 +337,15 @@ class Optimizer:
             for i, p in enumerate(self._params):
                 if isinstance(p, np.ndarray) and not p.flags.writeable:
                     raise ValueError(f"params[{i}] became read-only")
+        return self._place_grads(grads, start)
+
+    def _place_grads(self, grads, start):
         if len(self._starts) and grads:
             # place each gradient's byte range among the (sorted, disjoint) written ranges
             if start is None:
                 start = np.array(data_addresses(grads), np.int64)
-            end = start + self._nbytes  # grads match params in shape and dtype (checked)
+            end = start + np.array([nbytes(g) for g in grads], np.int64) \
+                if self._compact else start + self._nbytes  # grads match params (checked)
             j = np.searchsorted(self._starts, end - 1, side="right") - 1
             bad = (end > start) & (j >= 0) & (self._ends[np.maximum(j, 0)] > start)
             if bad.any():
@@ -431,9 +512,10 @@ class Optimizer:
             sizes = self._group_sizes()
             if sizes is not None:
                 sd["groups"] = sizes
-            for name, arrays in self.state.items():
-                for i, a in enumerate(arrays):
-                    sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
+            if not self.precision.default:
+                sd["precision"] = np.array(str(self.precision))
+            for name, i, a in self._buffers():
+                sd[f"{name}.{i}"] = _device.to_host(a) if is_device_array(a) else a.copy()
             for prefix, obj in self._extras().items():  # 'clip.*' (AutoClip), 'monitor.*'
                 sd.update({f"{prefix}.{k}": v for k, v in obj.state_dict().items()})
             return sd
@@ -455,8 +537,15 @@ class Optimizer:
             raise ValueError("state dict 'groups': the checkpoint was saved by an optimizer "
                              + ("with param groups, this one has none" if sizes is None else
                                 "without param groups, this one has groups"))
-        expected = {"optimizer", "step"} | {f"{n}.{i}" for n, arrays in self.state.items()
-                                            for i in range(len(arrays))}
+        expected = {"optimizer", "step"} | {f"{n}.{i}" for n, i, _ in self._buffers()}
+        expected |= set() if self.precision.default else {"precision"}
+        if ("precision" in sd.keys()) != (not self.precision.default) or (
+                "precision" in sd.keys() and str(_loaded_array(sd, "precision"))
+                != str(self.precision)):
+            got = str(_loaded_array(sd, "precision")) if "precision" in sd.keys() \
+                else str(_precision.DEFAULT)
+            raise ValueError(f"state dict 'precision': the checkpoint was saved with {got}; "
+                             f"this optimizer has {self.precision}")
         expected |= set() if sizes is None else {"groups"}
         expected |= {f"{p}.{k}" for p, obj in extras.items() for k in obj.state_dict()}
         keys = set(sd.keys())
@@ -481,15 +570,19 @@ class Optimizer:
             if got.dtype.kind not in "iu" or got.shape != sizes.shape or np.any(got != sizes):
                 raise ValueError(f"state dict 'groups' is {got.tolist()!r:.80}: groups of that "
                                  f"many arrays; this optimizer's groups hold {sizes.tolist()}")
-        for name, arrays in self.state.items():
-            for i, a in enumerate(arrays):
-                v = vals[f"{name}.{i}"]
-                if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
-                    raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
-                                     f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
-                if name in _rules.RULES[self.rule].nonnegative and np.any(v < 0):
-                    raise ValueError(f"state dict '{name}.{i}' holds negative values; it is a "
-                                     "running mean of squares, which no step makes negative")
+        for name, i, a in self._buffers():
+            v = vals[f"{name}.{i}"]
+            if v.dtype.kind == "V" and v.dtype.itemsize == 2 and dtype_of(a) == BF16:
+                v = vals[f"{name}.{i}"] = v.view(BF16)  # numpy.savez keeps bfloat16 as |V2
+            if v.shape != tuple(a.shape) or v.dtype != dtype_of(a):
+                raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
+                                 f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
+            if (name in _rules.RULES[self.rule].nonnegative or name.endswith("_absmax")) \
+                    and v.dtype.kind == "f" and np.any(v.astype(np.float32) < 0):
+                raise ValueError(f"state dict '{name}.{i}' holds negative values; it is "
+                                 + ("a block's largest magnitude" if name.endswith("_absmax")
+                                    else "a running mean of squares") +
+                                 ", which no step makes negative")
         # The policy and the monitor check their own parts; undo the first if the second fails.
         before = {p: obj.state_dict() for p, obj in extras.items()}
         try:
@@ -503,12 +596,11 @@ class Optimizer:
             for p, obj in extras.items():
                 obj.load_state_dict(before[p])
             raise
-        for name, arrays in self.state.items():
-            for i, a in enumerate(arrays):
-                if is_device_array(a):
-                    _device.copy_from_host(a, vals[f"{name}.{i}"])
-                else:
-                    np.copyto(a, vals[f"{name}.{i}"])
+        for name, i, a in self._buffers():
+            if is_device_array(a):
+                _device.copy_from_host(a, vals[f"{name}.{i}"])
+            else:
+                np.copyto(a, vals[f"{name}.{i}"])
         self._set_step_count(step)
 
     def __repr__(self):

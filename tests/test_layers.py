@@ -13,9 +13,10 @@ PKG = Path(fastopt.__file__).resolve().parent
 LAYERS = (
     # backend-free math and plain helpers: import nothing from fastopt
     ("core", ("fastopt._core", "fastopt._timing", "fastopt._mpi")),
-    # the rule declarations, and the one loader of the compiled extensions
-    ("declarations", ("fastopt._rules", "fastopt._rules.*", "fastopt._native",
-                      "fastopt._C", "fastopt._C_cuda")),
+    # the rule declarations, the compact-precision definitions, and the one loader of the
+    # compiled extensions
+    ("declarations", ("fastopt._rules", "fastopt._rules.*", "fastopt._precision",
+                      "fastopt._native", "fastopt._C", "fastopt._C_cuda")),
     ("registry", ("fastopt._registry",)),
     # device arrays and argument checks, which the backends share
     ("arrays", ("fastopt._device", "fastopt._validate")),

@@ -5,7 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -15,20 +17,58 @@
 namespace fastopt {
 namespace py = pybind11;
 
-// Arrays whose per-ISA loop is compiled for AVX2 carry this; the loop body is an always-inline
-// template, so it is compiled once per instruction set (no -march=native in what we ship).
+// The instruction set of the per-ISA loops, chosen once at run time (no -march=native in what
+// we ship): each loop body is an always-inline template, compiled once per target below and
+// called through the function the path picks. Every path gives the same bits (no contraction:
+// -ffp-contract=off; conversions by integer rules or IEEE-exact instructions only), so the
+// path only changes speed.
+//
+// FASTOPT_SIMD=baseline|avx2|avx512 caps the path (tests compare the paths' bits on one
+// machine); a cap above what the CPU has gives what it has; unset, empty or any other value:
+// no cap. Read once, at the first kernel call.
+enum SimdPath : int { kSimdBaseline = 0, kSimdAvx2 = 1, kSimdAvx512 = 2 };
+
 #if defined(__x86_64__) || defined(__i386__)
 #define FO_TARGET_AVX2 __attribute__((target("avx2,fma")))
-inline bool cpu_has_avx2() {
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return v;
+// + F16C for the compact kernels' float16 conversions (every AVX2 CPU has it; it is checked).
+#define FO_TARGET_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+#define FO_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,prefer-vector-width=512")))
+inline int simd_cpu() {
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")))
+    return kSimdBaseline;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return kSimdAvx512;
+  return kSimdAvx2;
 }
 #else
 #define FO_TARGET_AVX2
-inline bool cpu_has_avx2() { return false; }
+#define FO_TARGET_AVX2_F16C
+#define FO_TARGET_AVX512
+inline int simd_cpu() { return kSimdBaseline; }
 #endif
 
-inline const char* simd_level() { return cpu_has_avx2() ? "avx2" : "baseline"; }
+inline int simd_path() {
+  static const int v = [] {
+    const char* env = std::getenv("FASTOPT_SIMD");
+    const std::string cap = env ? env : "";
+    const int cpu = simd_cpu();
+    if (cap == "baseline") return int(kSimdBaseline);
+    if (cap == "avx2") return std::min(cpu, int(kSimdAvx2));
+    return cpu;  // "avx512", unset or unknown
+  }();
+  return v;
+}
+inline bool cpu_has_avx2() { return simd_path() >= kSimdAvx2; }  // the path uses AVX2 (+FMA, F16C)
+inline bool cpu_has_avx512() { return simd_path() >= kSimdAvx512; }
+
+inline const char* simd_level() {
+  static const char* const names[] = {"baseline", "avx2", "avx512"};
+  return names[simd_path()];
+}
 
 // One argument's list of arrays, taken after the checks that guarantee a kernel never touches
 // a copy or anything outside an array: each item an ndarray of exactly dtype T, C-contiguous,

@@ -39,6 +39,10 @@ FO_TARGET_AVX2 void update_avx2(T* p, const T* g, T* s1, T* s2, int64_t n, const
   update_loop<R, T>(p, g, s1, s2, n, k);
 }
 template <class R, class T>
+FO_TARGET_AVX512 void update_avx512(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
+  update_loop<R, T>(p, g, s1, s2, n, k);
+}
+template <class R, class T>
 void update_base(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
   update_loop<R, T>(p, g, s1, s2, n, k);
 }
@@ -61,7 +65,8 @@ void run(const py::list& params, const py::list& grads, const py::list& states,
   for (const auto& st : S) add_spans(spans, st, true);
   check_disjoint(spans);
   const auto k = OptimCoef<T>::make(scalars.data());
-  auto fn = cpu_has_avx2() ? &update_avx2<R, T> : &update_base<R, T>;
+  auto fn = cpu_has_avx512() ? &update_avx512<R, T>
+             : cpu_has_avx2() ? &update_avx2<R, T> : &update_base<R, T>;
   int64_t total = 0;
   for (auto n : P.size) total += n;
   const auto chunks = make_chunks(P.size, kCpuChunk);

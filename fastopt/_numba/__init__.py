@@ -6,3 +6,4 @@ in ``fastopt._reference``.
 from .optim import optim_update  # noqa: F401
 from .norm import norm_partials, norm_scale  # noqa: F401
 from .halton import halton  # noqa: F401
+from .compact import compact_update  # noqa: F401
