@@ -33,12 +33,15 @@ import numpy as np
 from . import _device, _dispatch, _mpi
 from ._core import (EXP_LIMIT, F32, F64, G_NORM, GUARD_WIDTH, GUARD_WINDOW, SAFE_SUM,  # noqa: F401
                     TINY, finish_norm, pairwise_sum, rescale_exp, sum_of_squares)
+from ._precision import HOST_BF16
 from ._validate import (as_list, check_float_arrays, check_no_overlap, dtype_of, is_device_array,
                         real)
 
 __all__ = ["global_norm", "clip_by_global_norm"]
 
 F16 = np.dtype(np.float16)
+#: What the norm reads on the host: the kernels widen 16-bit storage element by element.
+_HOST_DTYPES = (F16, F32, F64) + ((HOST_BF16,) if HOST_BF16 is not None else ())
 
 _SAFE_SUM = SAFE_SUM  # (the names this module has always had, for its readers)
 _rescale_exp = rescale_exp
@@ -150,17 +153,18 @@ def _norm_on_device(arrays, backend):
 def _read_arrays(arrays, name):
     arrays = as_list(arrays, name)
     for a in arrays:  # the common case in one tight loop; anything else gets the full checks
-        if type(a) is not np.ndarray or (a.dtype is not F32 and a.dtype is not F64) \
-                or not a.flags.c_contiguous:
+        if type(a) is not np.ndarray or not a.flags.c_contiguous or (
+                a.dtype is not F32 and a.dtype is not F64 and a.dtype is not F16
+                and a.dtype is not HOST_BF16):
             break
     else:
         return arrays
-    # Reading a copy is harmless: lay out non-contiguous host inputs, widen float16 (exactly).
+    # Reading a copy is harmless: lay out non-contiguous host inputs. 16-bit ones are read as
+    # they are (the kernels widen each element exactly to float32).
     arrays = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) and not a.flags.c_contiguous
               else a for a in arrays]
-    check_float_arrays(arrays, name, writable=False, dtypes=(F16, F32, F64))
-    return [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == F16 else a
-            for a in arrays]
+    check_float_arrays(arrays, name, writable=False, dtypes=_HOST_DTYPES)
+    return arrays
 
 
 def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_array=False):
@@ -172,9 +176,11 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_a
         \text{ord}=\infty:\ \max_{a,i} |x_{a,i}|
 
     Args:
-      arrays: an array or a list/tuple of arrays (float16, float32, float64; may be mixed), all
-        NumPy or all on one GPU. Nothing is written; non-contiguous NumPy arrays are read
-        through a contiguous copy.
+      arrays: an array or a list/tuple of arrays (float16, float32, float64, bfloat16 --
+        ``ml_dtypes.bfloat16`` on the host; may be mixed), all NumPy or all on one GPU. Nothing
+        is written; non-contiguous NumPy arrays are read through a contiguous copy. 16-bit
+        arrays are read in place, each element widened exactly: the norm has the bits of the
+        norm of their float32 copies.
       ord: 2 (default) or ``math.inf``.
       per_array: also return each array's norm (same ``ord``) as a float64 array.
       backend: ``"cpp"``, ``"numba"``, ``"numpy"`` or None (fastest available). All give the
@@ -238,7 +244,8 @@ def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None) -> float:
 
     Args:
       arrays: an array or a list/tuple of writable, C-contiguous float32/float64 arrays that do
-        not overlap.
+        not overlap. 16-bit arrays are refused (TypeError): each scaled element would be rounded
+        to 16 bits again; an optimizer's ``max_grad_norm`` clips them through its grad_scale.
       max_norm: λ > 0.
       backend: as for ``global_norm``.
       comm: as for ``global_norm``: T is the norm over every rank's arrays, the same on all

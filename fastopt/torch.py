@@ -34,7 +34,8 @@ centered RMSprop (both need a state array our kernels do not keep), ``capturable
 graph capture of a host-driven step), ``differentiable=True`` (autograd through in-place
 kernels), and any option of a newer torch set to other than its default. Also refused:
 sparse or non-contiguous tensors, duplicated or memory-sharing parameters in one group, and
-dtypes other than float32/float64 on the CPU (float16/bfloat16 on CUDA, with float32 state).
+dtypes other than float32, float64, float16 and bfloat16 (16-bit CUDA params keep float32
+state; 16-bit CPU params: see compact precision below).
 
 Safety, whatever the caller does:
 
@@ -65,6 +66,40 @@ before then is refused at ``step()``.
 The state is torch's, key for key, except that ``step`` is a float64 count (exact up to 2**53;
 torch's float32 count stops at 2**24).
 
+Compact precision on the CPU (fastopt/_precision.py, docs/precision.md). CPU params may be
+bfloat16 or float16, updated in place through zero-copy views. Each step loads the param (from
+its master if it has one), the grad and the state as float32, applies the rule's float32
+arithmetic (the same as for float32 params) and stores every result back to its storage. By
+default a 16-bit param keeps **float32** state and its new value is rounded to nearest (torch.optim
+keeps state of the param's dtype: bfloat16 moments there). A grad is the param's dtype or float32
+(``param.grad_dtype = torch.float32`` makes autograd produce float32 grads); anything else is a
+TypeError. Four keyword-only options, checked in the constructor and kept through deepcopy and
+pickling, change the storage:
+
+* ``master_weights``: ``False``; ``True``: a float32 master per 16-bit param, in
+  ``state['master_param']``, the param being the master rounded to nearest; ``"remainder"``
+  (bfloat16 params only): the master's low 16 bits in ``state['param_remainder']`` (int16),
+  the param its high half rounded to nearest (ties away from zero), so param + remainder *is*
+  the float32 master at 2 bytes a param. ``master_params()`` gives the masters (new float32
+  tensors, every param in order).
+* ``state_dtype``: ``"float32"``; ``"bfloat16"``; ``"int8"``: 8-bit codes (int8, or uint8 for
+  buffers that are never negative: second moments, Adagrad's sum) with their blocks' float32
+  maxima in ``state['<key>_absmax']`` (one per 256 elements), for params of at least 4096
+  elements; smaller ones keep float32 state.
+* ``stochastic_rounding``: 16-bit params without a master, and bfloat16 state, are rounded
+  stochastically (unbiased: small updates are not lost) from a counter-based random stream
+  keyed by ``seed`` (an integer in [0, 2**64)), the param's steps taken and its index in the
+  flattened list of all groups' params (torch's state_dict numbering), so a reloaded
+  checkpoint resumes the same bits. SGD and Lion, which keep no step count, then keep one in
+  ``state['step']``.
+
+Any of these options applies to CPU params of float32 and 16-bit dtypes: float64 and CUDA
+params with them are refused (a ValueError naming the option). A checkpoint loads when its
+buffers fit the options (a bfloat16 or float32 state widens exactly into float32 state, so
+torch.optim's bfloat16 checkpoints load); one that does not fit (float32 state into bfloat16,
+codes without their ``_absmax``, a master where there is none or none where there is one) is
+refused with a ValueError naming the key and the option, and nothing is changed.
+
 ``semantics="fastopt"`` follows the source document's rules (``fastopt.functional``) instead:
 RMSProp's v starting at 1 and eps inside the root, Adam's eps before bias correction, NAdam's
 constant beta1 in the look-ahead; ``maximize`` and SGD's ``dampening`` are refused there.
@@ -78,6 +113,8 @@ Extra keyword-only options on every optimizer:
   and a non-finite norm clips nothing.
 * ``monitor``: a ``fastopt.GradNormMonitor`` that records every step's norm (and clipping).
 * ``backend``: a fastopt backend name, or None for the fastest available.
+* ``master_weights``, ``state_dtype``, ``stochastic_rounding``, ``seed``: compact precision on
+  the CPU, above.
 
 This module imports torch; ``import fastopt`` does not.
 """
@@ -95,14 +132,27 @@ import torch
 
 from . import _dispatch
 from . import functional as F
-from . import _rules
+from . import _precision, _rules
 from ._registry import ALL_BACKENDS, CPU_BACKENDS, Scalars
 from ._validate import MAX_STEP, Exclusive, dtype_of, real
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"]
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
+_CPU_DTYPES = (torch.float32, torch.float64) + _HALF
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+#: torch dtype <-> the NumPy dtype of its zero-copy view (_view)
+_NP = {torch.float32: _precision.F32, torch.float64: np.dtype(np.float64),
+       torch.float16: _precision.F16, torch.bfloat16: _precision.HOST_BF16,
+       torch.int8: _precision.I8, torch.uint8: _precision.U8, torch.int16: _precision.I16}
+_TORCH = {v: k for k, v in _NP.items()}
+_CODES = (torch.int8, torch.uint8)
+#: the compact-precision options (fastopt/_precision.py), keyword-only on every class
+_PRECISION = (("master_weights", False), ("state_dtype", "float32"),
+              ("stochastic_rounding", False), ("seed", 0))
+#: where a param's float32 master lives: whole, or the low 16 bits beside a bfloat16 param
+_MASTER_KEYS = {True: ("master_param", torch.float32),
+                "remainder": ("param_remainder", torch.int16)}
 _SEMANTICS = ("torch", "fastopt")
 #: float64 counts are exact to MAX_STEP, where torch's float32 ones stop at 2**24
 _STEP_DTYPE = torch.float64
@@ -213,7 +263,7 @@ def _check_param(p, where: str) -> None:
     elif p.device.type == "cpu":
         if p.dtype not in _CPU_DTYPES:
             raise TypeError(f"{where}: dtype {p.dtype} is not supported on the CPU "
-                            "(float32 or float64)")
+                            "(float32, float64, float16, bfloat16)")
     else:
         raise TypeError(f"{where}: device {p.device} is not supported (cpu or cuda)")
     if not p.is_contiguous():
@@ -250,34 +300,94 @@ def _check_disjoint(params, where):
                              "param groups")
 
 
+def _loaded_tensor(val, name, p, shape=None):
+    """A checkpoint's tensor: dense, holding data, of the param's shape (or ``shape``)."""
+    if not torch.is_tensor(val):
+        raise TypeError(f"{name} must be a tensor, got {type(val).__name__}")
+    if val.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got {val.dtype} ({val.layout})")
+    if val.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} is on {val.device}, which holds no data to load")
+    want = tuple(p.shape) if shape is None else tuple(shape)
+    if tuple(val.shape) != want:
+        raise ValueError(f"{name} has shape {tuple(val.shape)} but "
+                         + (f"its param has {want}" if shape is None else f"should have {want}"))
+
+
+def _check_held(s, p, dtype, name, shape=None):
+    """A state tensor of ``p`` fits it: dense, of its shape (or ``shape``), of ``dtype``, on its
+    device, contiguous, its storage there."""
+    if not torch.is_tensor(s) or s.layout != torch.strided:
+        raise TypeError(f"{name} is not a dense tensor")
+    want = tuple(p.shape) if shape is None else tuple(shape)
+    if tuple(s.shape) != want:
+        raise ValueError(f"{name} has shape {tuple(s.shape)}, but the param has shape "
+                         f"{tuple(p.shape)}" + ("" if shape is None else f" (it needs {want})")
+                         + " (was the param's data replaced? load a matching state or build "
+                         "a new optimizer)")
+    if s.dtype != dtype or s.device != p.device or not s.is_contiguous():
+        raise ValueError(f"{name} is {s.dtype} on {s.device}"
+                         f"{'' if s.is_contiguous() else ', not contiguous'}, but the "
+                         f"param needs {dtype} on {p.device}")
+    _check_storage(s, name)
+
+
 def _state_dtype(p):
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
 def _view(t: torch.Tensor):
-    """The array a kernel uses: a NumPy view sharing memory (CPU) or the tensor itself (CUDA)."""
+    """The array a kernel uses: a NumPy view sharing memory (CPU; a bfloat16 tensor as an
+    ``ml_dtypes.bfloat16`` array over its bytes) or the tensor itself (CUDA)."""
     t = t.detach()
-    return t if t.is_cuda else t.numpy()
+    if t.is_cuda:
+        return t
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_precision.HOST_BF16)
+    return t.numpy()
+
+
+def _active(opts) -> bool:
+    """Whether compact-precision options change anything (a seed alone does not: it only keys
+    stochastic rounding)."""
+    return opts.master is not False or opts.state_dtype != "float32" or opts.stochastic
+
+
+def _options_text(opts) -> str:
+    """The options set to other than their defaults, as the caller wrote them."""
+    return ", ".join(f"{n}={v!r}" for (n, d), v in zip(_PRECISION, opts) if v != d) \
+        or "the default options"
 
 
 class _Bucket:
     """Params of one group sharing (step count, mu_product, dtype, device): one kernel call.
 
     ``steps`` (and NAdam's ``mu``) hold the bucket's counts; each param's ``state['step']`` is
-    a 0-d view of it, so counting a step is one in-place add."""
-    __slots__ = ("idx", "params", "states", "t", "steps", "mu", "prod", "next_mu")
+    a 0-d view of it, so counting a step is one in-place add. ``t`` is the count the rule's
+    scalars take, ``n`` the stored one (the same, except for SGD and Lion, which store one only
+    to key stochastic rounding's random streams).
 
-    def __init__(self, t, prod):
+    A ``compact`` bucket (16-bit CPU params, or compact-precision options) runs
+    ``F.run_compact`` with its ``masters`` (per param: a float32 master, an int16 remainder or
+    None; None for none at all), ``absmax`` (per state buffer, per param: 8-bit codes' block
+    maxima or None) and ``ids`` (each param's index in the flattened list of all groups'
+    params: its random streams' key)."""
+    __slots__ = ("idx", "params", "states", "t", "n", "steps", "mu", "prod", "next_mu",
+                 "compact", "masters", "absmax", "ids")
+
+    def __init__(self, t, n, prod, compact=False):
         self.idx, self.params, self.states = [], [], None
-        self.t, self.prod, self.steps, self.mu, self.next_mu = t, prod, None, None, None
+        self.t, self.n, self.prod, self.steps, self.mu, self.next_mu = t, n, prod, None, None, None
+        self.compact, self.masters, self.absmax, self.ids = compact, None, None, []
 
     def stale(self) -> bool:
         """True when someone changed the counts in place since the plan was made."""
-        return ((self.steps is not None and bool(self.steps.ne(self.t).any()))
+        return ((self.steps is not None and bool(self.steps.ne(self.n).any()))
                 or (self.mu is not None and bool(self.mu.ne(self.prod).any())))
 
     def advance(self):
         self.t += 1
+        self.n += 1
         if self.steps is not None:
             self.steps += 1.0
         if self.mu is not None:
@@ -288,10 +398,10 @@ class _Bucket:
 class _Plan:
     """A group's buckets, valid while its params, their storage and their state objects are
     the ones it was made from (checked at every step by identity, cheaply)."""
-    __slots__ = ("present", "layout", "params", "ptrs", "entries", "held", "buckets")
+    __slots__ = ("present", "layout", "offset", "params", "ptrs", "entries", "held", "buckets")
 
-    def valid(self, opt, params, present, layout) -> bool:
-        if present != self.present or layout != self.layout:
+    def valid(self, opt, params, present, layout, offset) -> bool:
+        if present != self.present or layout != self.layout or offset != self.offset:
             return False
         get = opt.state.get
         for i, p, (ptr, shape, dt), entry, held in zip(present, self.params, self.ptrs,
@@ -328,12 +438,13 @@ class _Fused(torch.optim.Optimizer):
         cls._torch_defaults = dict(base([torch.zeros(1, requires_grad=True)]).defaults)
         own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
                for n, d in (("max_grad_norm", None), ("monitor", None), ("backend", None),
-                            ("semantics", "torch"))]
+                            ("semantics", "torch")) + _PRECISION]
         cls.__signature__ = cls._torch_signature.replace(
             parameters=list(cls._torch_signature.parameters.values()) + own)
 
     def __init__(self, params, *args, max_grad_norm=None, monitor=None, backend=None,
-                 semantics="torch", **kwargs):
+                 semantics="torch", master_weights=False, state_dtype="float32",
+                 stochastic_rounding=False, seed=0, **kwargs):
         bound = self._torch_signature.bind(params, *args, **kwargs)  # TypeError as in torch
         given = {n: v for n, v in bound.arguments.items() if n != "params"}
         opts = {n: given.get(n, p.default)
@@ -357,6 +468,9 @@ class _Fused(torch.optim.Optimizer):
             reason = _dispatch.unavailable_reason(backend)
             if reason is not None:
                 raise ValueError(f"backend={backend!r} is not available: {reason}")
+        # checked before torch adds the groups: add_param_group checks each param against them
+        self.precision = _precision.check(master_weights, state_dtype, stochastic_rounding,
+                                          seed)
         self.max_grad_norm = max_grad_norm
         self.monitor = monitor
         self.backend = backend
@@ -364,6 +478,10 @@ class _Fused(torch.optim.Optimizer):
         self._cache = {}
         self._exclusive = Exclusive()
         super().__init__(params, *args, **kwargs)
+        if self.precision.master is not False and not any(
+                p.dtype in _HALF for g in self.param_groups for p in g["params"]):
+            raise ValueError(f"master_weights={self.precision.master!r} keeps float32 masters "
+                             "of 16-bit params, but no param is bfloat16 or float16")
         # torch's fused=True tells GradScaler that step() unscales the gradients itself; this
         # step does not, so GradScaler must unscale them first, as for any other optimizer
         self.__dict__.pop("_step_supports_amp_scaling", None)
@@ -379,6 +497,26 @@ class _Fused(torch.optim.Optimizer):
         self._check_combination(h, where)
         return h
 
+    def _check_precision(self, p, where):
+        """The compact-precision options fit this param: they run on CPU params of float32 and
+        16-bit dtypes, and remainders complete bfloat16 values only."""
+        opts = self.precision
+        if not _active(opts):
+            return
+        if p.device.type != "cpu":
+            raise ValueError(f"{_options_text(opts)}: compact-precision options run on CPU "
+                             f"params, but {where} is on {p.device} (on CUDA, 16-bit params "
+                             "keep float32 state; leave these options at their defaults)")
+        if p.dtype == torch.float64:
+            raise ValueError(f"{where} is float64, which takes no compact-precision option "
+                             f"({_options_text(opts)}); those are for float32 and 16-bit params")
+        if opts.master == "remainder" and p.dtype == torch.float16:
+            raise ValueError(
+                f"master_weights='remainder' needs bfloat16 params, but {where} is float16: a "
+                "bfloat16 value is the high half of a float32, so 16 more bits complete it; a "
+                "float16 value is not part of any float32's bits. Use master_weights=True for "
+                "float16")
+
     def _check_combination(self, h, where):
         if self.semantics == "fastopt" and h.get("maximize"):
             raise ValueError(f"{where + '[' + repr('maximize') + ']' if where else 'maximize'}"
@@ -393,6 +531,7 @@ class _Fused(torch.optim.Optimizer):
                 group = self.param_groups[gi]
                 for i, p in enumerate(group["params"]):
                     _check_param(p, f"param group {gi}, param {i}")
+                    self._check_precision(p, f"param group {gi}, param {i}")
                 _check_disjoint(group["params"], f"param group {gi}")
                 self._hyper(group, f"param_groups[{gi}]")
             except BaseException:
@@ -482,33 +621,93 @@ class _Fused(torch.optim.Optimizer):
         if not isinstance(entry, Mapping):
             raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
         out = {}
-        if self._counted and entry:
-            if "step" not in entry:
+        if self._keeps_step and entry:
+            if "step" in entry:
+                out["step"] = torch.tensor(float(_count(entry["step"], f"{where}['step']")),
+                                           dtype=_STEP_DTYPE)
+            elif self._counted:
                 raise ValueError(f"{where} lacks 'step'")
-            out["step"] = torch.tensor(float(_count(entry["step"], f"{where}['step']")),
-                                       dtype=_STEP_DTYPE)
-        for _, key, _, required in self._tensors(h):
+            else:  # SGD and Lion count steps only to key stochastic rounding's streams
+                out["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
+        rule = _rules.get(self._rule(h))
+        for name, key, _, required in self._tensors(h):
             if key is None:
                 continue
-            val = entry.get(key)
+            val, akey = entry.get(key), f"{key}_absmax"
+            am = entry.get(akey)
             if val is None:
                 out.pop(key, None)
                 if required and entry:
                     raise ValueError(f"{where} lacks {key!r}")
+                if am is not None:
+                    raise ValueError(f"{where} holds {akey!r} (block maxima of 8-bit codes) but "
+                                     f"no {key!r}")
                 continue
-            name = f"{where}[{key!r}]"
-            if not torch.is_tensor(val):
-                raise TypeError(f"{name} must be a tensor, got {type(val).__name__}")
-            if val.layout != torch.strided or not val.is_floating_point():
-                raise TypeError(f"{name} must be a dense floating-point tensor, got "
+            name_ = f"{where}[{key!r}]"
+            want = self._storage(p, rule, name)
+            _loaded_tensor(val, name_, p)
+            if want in _CODES:
+                if val.dtype != want:
+                    raise ValueError(f"{name_} is {val.dtype}, but this optimizer keeps it as "
+                                     f"{want} 8-bit codes ({self._why(p, want)}): the "
+                                     "checkpoint was saved with other options")
+                if am is None:
+                    raise ValueError(f"{where} lacks {akey!r}, the block maxima of its 8-bit "
+                                     f"codes {key!r} ({self._why(p, want)}): without them the "
+                                     "codes mean nothing")
+                nb = _precision.nblocks(p.numel())
+                _loaded_tensor(am, f"{where}[{akey!r}]", p, (nb,))
+                if am.dtype != torch.float32:
+                    raise ValueError(f"{where}[{akey!r}] is {am.dtype}; block maxima are "
+                                     "float32")
+                if bool((am < 0).any()):
+                    raise ValueError(f"{where}[{akey!r}] holds negative values; it is a "
+                                     "block's largest magnitude, which is never negative")
+                out[key] = torch.empty(p.shape, dtype=want).copy_(val)
+                out[akey] = torch.empty((nb,), dtype=torch.float32).copy_(am)
+                continue
+            if am is not None:
+                raise ValueError(f"{where} holds {akey!r}, the block maxima of 8-bit codes, "
+                                 f"but this optimizer keeps {key!r} as {want} "
+                                 f"({self._why(p, want)}): the checkpoint was saved with other "
+                                 "options")
+            if val.dtype in _CODES:
+                raise ValueError(f"{name_} is {val.dtype} (8-bit codes, state_dtype='int8'), "
+                                 f"but this optimizer keeps it as {want} "
+                                 f"({self._why(p, want)}): the checkpoint was saved with other "
+                                 "options")
+            if not val.is_floating_point():
+                raise TypeError(f"{name_} must be a dense floating-point tensor, got "
                                 f"{val.dtype} ({val.layout})")
-            if val.device.type not in ("cpu", "cuda"):
-                raise ValueError(f"{name} is on {val.device}, which holds no data to load")
-            if val.shape != p.shape:
-                raise ValueError(f"{name} has shape {tuple(val.shape)} but its param has "
-                                 f"{tuple(p.shape)}")
-            out[key] = torch.empty_like(p, dtype=_state_dtype(p),
+            if want == torch.bfloat16 and val.dtype != torch.bfloat16:
+                raise ValueError(f"{name_} is {val.dtype}, but this optimizer keeps it as "
+                                 "bfloat16 (state_dtype='bfloat16'); rounding it here would "
+                                 "change it: load a checkpoint saved with the same options")
+            out[key] = torch.empty_like(p, dtype=want,
                                         memory_format=torch.contiguous_format).copy_(val)
+        mk = self._master_key(p)
+        for k, _ in _MASTER_KEYS.values():
+            if entry.get(k) is not None and (mk is None or mk[0] != k):
+                raise ValueError(
+                    f"{where} holds {k!r}, but this optimizer keeps "
+                    + ("no master for this param" if mk is None else repr(mk[0]))
+                    + f" (master_weights={self.precision.master!r}, a {p.dtype} param): the "
+                    "checkpoint was saved with other options")
+        if mk is not None and entry:
+            k, dt = mk
+            val = entry.get(k)
+            if val is None:
+                raise ValueError(
+                    f"{where} lacks {k!r}: master_weights={self.precision.master!r} keeps the "
+                    + ("param's float32 master there" if dt == torch.float32 else
+                       "low 16 bits of the param's float32 master there")
+                    + "; the checkpoint was saved with other options (the param alone is "
+                    "its master rounded, which cannot be undone)")
+            _loaded_tensor(val, f"{where}[{k!r}]", p)
+            if val.dtype != dt:
+                raise ValueError(f"{where}[{k!r}] is {val.dtype}; master_weights="
+                                 f"{self.precision.master!r} keeps it as {dt}")
+            out[k] = torch.empty(p.shape, dtype=dt).copy_(val)
         if self._mu and entry:
             if "mu_product" not in entry:  # fastopt.torch's NAdam kept none before
                 mu = self._rebuilt_mu_product(int(out["step"]), h, where)
@@ -526,6 +725,7 @@ class _Fused(torch.optim.Optimizer):
         state["fastopt"] = {k: getattr(self, k, None) for k in
                             ("semantics", "max_grad_norm", "monitor", "backend",
                              "last_grad_norm")}
+        state["fastopt"]["precision"] = tuple(getattr(self, "precision", _precision.DEFAULT))
         return state
 
     def __setstate__(self, state):
@@ -535,8 +735,10 @@ class _Fused(torch.optim.Optimizer):
         if own is not None:
             self.__dict__.update(own)
         for k, v in (("semantics", "torch"), ("max_grad_norm", None), ("monitor", None),
-                     ("backend", None), ("last_grad_norm", None)):
+                     ("backend", None), ("last_grad_norm", None),
+                     ("precision", _precision.DEFAULT)):
             self.__dict__.setdefault(k, v)  # a pickle of an older fastopt.torch
+        self.precision = _precision.check(*self.precision)
         self._cache = {}
         self._exclusive = Exclusive()
 
@@ -556,19 +758,89 @@ class _Fused(torch.optim.Optimizer):
                       init.get(n, 0.0 if isinstance(v, str) else v), required)
                      for n, v in r.state)
 
+    @property
+    def _keeps_step(self) -> bool:
+        """Whether each param's state holds 'step': torch's count, or (SGD, Lion) a count kept
+        only to key stochastic rounding's random streams."""
+        return self._counted or self.precision.stochastic
+
     def _steps_taken(self, st) -> int:
         return int(st["step"]) if self._counted and st else 0
+
+    def _stored_steps(self, st) -> int:
+        return int(st["step"]) if self._keeps_step and st and "step" in st else 0
+
+    def _is_compact(self, p) -> bool:
+        """Whether p's steps run on compact storage (fastopt/_precision.py): a 16-bit CPU
+        param, or any CPU param under compact-precision options."""
+        return p.device.type == "cpu" and (p.dtype in _HALF or _active(self.precision))
+
+    def _storage(self, p, rule, name):
+        """The dtype of p's state buffer ``name`` of ``rule``."""
+        if p.device.type != "cpu" or p.dtype == torch.float64:
+            return _state_dtype(p)
+        return _TORCH[_precision.state_storage(rule, name, p.numel(), _NP[p.dtype],
+                                               self.precision.state_dtype)]
+
+    def _why(self, p, dtype) -> str:
+        """Why p's state buffers are ``dtype``: the option, in words."""
+        sd = self.precision.state_dtype
+        if sd == "int8" and dtype == torch.float32 and p.device.type == "cpu":
+            return (f"state_dtype='int8' keeps arrays under {_precision.QMIN_SIZE} elements in "
+                    "float32")
+        if sd == "int8" and dtype in _CODES:
+            return (f"state_dtype='int8' for params of >= {_precision.QMIN_SIZE} elements; "
+                    "uint8 for buffers that are never negative")
+        return f"state_dtype={sd!r}"
+
+    def _master_key(self, p):
+        """(state key, dtype) of p's master, or None: masters are kept for 16-bit CPU params."""
+        m = self.precision.master
+        if m is False or p.device.type != "cpu" or p.dtype not in _HALF:
+            return None
+        if m == "remainder" and p.dtype != torch.bfloat16:
+            return None  # refused (_check_precision) before any step
+        return _MASTER_KEYS[m]
+
+    def _new_buffer(self, p, rule, name, init):
+        """(a fresh state buffer of p at ``init``, its block maxima or None)."""
+        want = self._storage(p, rule, name)
+        if want in _CODES:
+            codes, am = _precision.quantise(np.full(p.numel(), init, np.float32), _NP[want])
+            return (torch.from_numpy(codes.reshape(tuple(p.shape))).clone(),
+                    torch.from_numpy(am).clone())
+        return torch.full_like(p, init, dtype=want, memory_format=torch.contiguous_format), None
+
+    def _fill_state(self, p, h, st):
+        """Give p's state ``st`` what it lacks: the counts, the rule's buffers at their initial
+        values (8-bit ones with their block maxima) and the master (the param widened, or a
+        zero remainder: param + 0 is the param exactly)."""
+        if self._keeps_step and "step" not in st:
+            st["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
+        if self._mu and "mu_product" not in st:
+            st["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
+        rule = _rules.get(self._rule(h))
+        for name, key, init, _ in self._tensors(h):
+            if key is not None and st.get(key) is None:
+                st[key], am = self._new_buffer(p, rule, name, init)
+                if am is not None:
+                    st[f"{key}_absmax"] = am
+        mk = self._master_key(p)
+        if mk is not None and st.get(mk[0]) is None:
+            st[mk[0]] = torch.empty(p.shape, dtype=torch.float32).copy_(p.detach()) \
+                if mk[1] == torch.float32 else torch.zeros(p.shape, dtype=torch.int16)
 
     def _check_state(self, p, h, where):
         """The param's state fits the param (a param swapped under the optimizer does not)."""
         st = self.state.get(p)
         if not st:
             return
-        if self._counted:
+        if self._keeps_step:
             if not torch.is_tensor(st.get("step")):
                 raise ValueError(f"{where}: its state lacks a 'step' tensor")
             _count(st["step"], f"{where}: state['step']")
-        for _, key, _, required in self._tensors(h):
+        rule = _rules.get(self._rule(h))
+        for name, key, _, required in self._tensors(h):
             if key is None:
                 continue
             s = st.get(key)
@@ -576,63 +848,76 @@ class _Fused(torch.optim.Optimizer):
                 if required:
                     raise ValueError(f"{where}: its state lacks {key!r}")
                 continue
-            if not torch.is_tensor(s) or s.layout != torch.strided:
-                raise TypeError(f"{where}: state[{key!r}] is not a dense tensor")
-            if s.shape != p.shape:
-                raise ValueError(f"{where}: the param has shape {tuple(p.shape)} but its "
-                                 f"state[{key!r}] has {tuple(s.shape)} (was the param's data "
-                                 "replaced? load a matching state or build a new optimizer)")
-            if s.dtype != _state_dtype(p) or s.device != p.device or not s.is_contiguous():
-                raise ValueError(f"{where}: state[{key!r}] is {s.dtype} on {s.device}"
-                                 f"{'' if s.is_contiguous() else ', not contiguous'}, but the "
-                                 f"param needs {_state_dtype(p)} on {p.device}")
-            _check_storage(s, f"{where}: state[{key!r}]")
+            want = self._storage(p, rule, name)
+            _check_held(s, p, want, f"{where}: state[{key!r}]")
+            if want in _CODES:
+                akey = f"{key}_absmax"
+                if st.get(akey) is None:
+                    raise ValueError(f"{where}: its state lacks {akey!r}, the block maxima of "
+                                     f"its 8-bit codes {key!r}")
+                _check_held(st[akey], p, torch.float32, f"{where}: state[{akey!r}]",
+                            (_precision.nblocks(p.numel()),))
+        mk = self._master_key(p)
+        if mk is not None:
+            if st.get(mk[0]) is None:
+                raise ValueError(f"{where}: its state lacks {mk[0]!r} (master_weights="
+                                 f"{self.precision.master!r})")
+            _check_held(st[mk[0]], p, mk[1], f"{where}: state[{mk[0]!r}]")
         if self._mu:
             if not torch.is_tensor(st.get("mu_product")):
                 raise ValueError(f"{where}: its state lacks a 'mu_product' tensor")
             real(_value(st["mu_product"], f"{where}: state['mu_product']"),
                  f"{where}: state['mu_product']", lo=0, hi=1)
 
-    def _build_plan(self, gi, group, present, h, layout):
+    def _build_plan(self, gi, group, present, h, layout, offset):
         """Buckets for the params of ``group`` that have a gradient (indices ``present``);
-        new params get their state here. Everything was checked before."""
+        new params get their state here. Everything was checked before. ``offset``: the
+        number of params in the groups before this one (param i's random streams are keyed
+        by offset + i)."""
         params = group["params"]
         by = {}
         plan = _Plan()
-        plan.present, plan.layout = present, layout
+        plan.present, plan.layout, plan.offset = present, layout, offset
         plan.params, plan.ptrs, plan.entries, plan.held = [], [], [], []
         specs = self._tensors(h)
         for i in present:
             p = params[i]
             st = self.state.get(p)
-            if specs or self._counted:
+            mk = self._master_key(p)
+            if specs or self._keeps_step or mk is not None:
                 st = self.state[p]
-                t = self._steps_taken(st)
-                if self._counted and "step" not in st:
-                    st["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
-                if self._mu and "mu_product" not in st:
-                    st["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
-                for _, key, init, _ in specs:
-                    if key is not None and st.get(key) is None:
-                        st[key] = torch.full_like(p, init, dtype=_state_dtype(p),
-                                                  memory_format=torch.contiguous_format)
+                t, n = self._steps_taken(st), self._stored_steps(st)
+                self._fill_state(p, h, st)
             else:
-                t = 0
+                t = n = 0
             prod = float(st["mu_product"]) if self._mu else None
-            b = by.get((t, prod, p.dtype, p.device))
+            compact = self._is_compact(p)
+            b = by.get((t, n, prod, p.dtype, p.device))
             if b is None:
-                b = by[(t, prod, p.dtype, p.device)] = _Bucket(t, prod)
+                b = by[(t, n, prod, p.dtype, p.device)] = _Bucket(t, n, prod, compact)
                 b.states = [[] for _ in specs]
+                if compact:
+                    b.absmax, b.masters = [[] for _ in specs], []
             b.idx.append(i)
+            b.ids.append(offset + i)
             b.params.append(_view(p))
-            for lst, (_, key, init, _) in zip(b.states, specs):
-                lst.append(_view(st[key] if key is not None else torch.full_like(
-                    p, init, dtype=_state_dtype(p), memory_format=torch.contiguous_format)))
+            for j, (_, key, init, _) in enumerate(specs):
+                s = st[key] if key is not None else torch.full_like(  # scratch
+                    p, init, dtype=torch.float32 if compact else _state_dtype(p),
+                    memory_format=torch.contiguous_format)
+                b.states[j].append(_view(s))
+                if compact:
+                    b.absmax[j].append(_view(st[f"{key}_absmax"]) if s.dtype in _CODES
+                                       else None)
+            if compact:
+                b.masters.append(None if mk is None else _view(st[mk[0]]))
         buckets = list(by.values())
         for b in buckets:
+            if b.masters is not None and all(m is None for m in b.masters):
+                b.masters = None
             tensors = [params[i] for i in b.idx]
-            if self._counted:
-                b.steps = torch.full((len(b.idx),), float(b.t), dtype=_STEP_DTYPE)
+            if self._keeps_step:
+                b.steps = torch.full((len(b.idx),), float(b.n), dtype=_STEP_DTYPE)
                 for j, p in enumerate(tensors):
                     self.state[p]["step"] = b.steps[j]
             if self._mu:
@@ -640,16 +925,26 @@ class _Fused(torch.optim.Optimizer):
                 b.prod = float(b.mu[0])  # the value as stored, which the staleness check reads
                 for j, p in enumerate(tensors):
                     self.state[p]["mu_product"] = b.mu[j]
-        keys = (("step",) if self._counted else ()) + (("mu_product",) if self._mu else ()) \
-            + tuple(key for _, key, _, _ in specs if key is not None)
+        base = (("step",) if self._keeps_step else ()) + (("mu_product",) if self._mu else ())
         for i in present:
             p = params[i]
             entry = self.state.get(p)
             plan.params.append(p)
             plan.ptrs.append((p.data_ptr(), p.shape, p.dtype))
             plan.entries.append(entry)
-            plan.held.append(() if entry is None else
-                             tuple((k, entry[k], entry[k].data_ptr()) for k in keys))
+            if entry is None:
+                plan.held.append(())
+                continue
+            keys = list(base)
+            for _, key, _, _ in specs:
+                if key is not None:
+                    keys.append(key)
+                    if entry[key].dtype in _CODES:
+                        keys.append(f"{key}_absmax")
+            mk = self._master_key(p)
+            if mk is not None:
+                keys.append(mk[0])
+            plan.held.append(tuple((k, entry[k], entry[k].data_ptr()) for k in keys))
         plan.buckets = buckets
         self._cache[gi] = plan
         return plan
@@ -668,19 +963,22 @@ class _Fused(torch.optim.Optimizer):
                 with torch.enable_grad():
                     loss = closure()
             work = []
+            offset = 0  # params in the groups before this one (random-stream keys)
             for gi, group in enumerate(self.param_groups):
                 where = f"param_groups[{gi}]"
                 h = self._hyper(group, where)
                 params = group["params"]
+                offset, group_offset = offset + len(params), offset
                 present = tuple(i for i, p in enumerate(params) if p.grad is not None)
                 if not present:
                     continue
                 layout = tuple(key for _, key, _, _ in self._tensors(h))
                 plan = self._cache.get(gi)
-                if plan is None or not plan.valid(self, params, present, layout):
+                if plan is None or not plan.valid(self, params, present, layout, group_offset):
                     plan = None
                     for i in present:
                         _check_param(params[i], f"param group {gi}, param {i}")
+                        self._check_precision(params[i], f"param group {gi}, param {i}")
                         self._check_state(params[i], h, f"param group {gi}, param {i}")
                     _check_disjoint([params[i] for i in present], f"param group {gi}")
                 grads = []
@@ -689,49 +987,80 @@ class _Fused(torch.optim.Optimizer):
                     g = p.grad
                     if (g.layout is torch.strided and g.dtype is p.dtype and g.shape == p.shape
                             and not g.is_cuda and not p.is_cuda and not g.requires_grad
-                            and g.is_contiguous()):
+                            and g.is_contiguous() and g.dtype is not torch.bfloat16):
                         grads.append(g.numpy())  # the common case, checked in one line
                     else:
                         grads.append(self._grad(p, gi, i))
                 # a backend that cannot run some of them must fail before anything is written
                 if plan is not None:
-                    firsts = [b.params[0] for b in plan.buckets]
+                    firsts = [(b.compact, b.params[0]) for b in plan.buckets]
                 else:
                     kinds = {}
                     for i in present:
                         kinds.setdefault((params[i].is_cuda, params[i].dtype), params[i])
-                    firsts = [_view(p) for p in kinds.values()]
-                for a in firsts:
-                    _dispatch.resolve(f"optim.{self._rule(h)}", self.backend,
-                                      device=not isinstance(a, np.ndarray), dtype=dtype_of(a))
-                work.append((gi, group, present, h, layout, plan, grads))
+                    firsts = [(self._is_compact(p), _view(p)) for p in kinds.values()]
+                for compact, a in firsts:
+                    _dispatch.resolve(f"{'compact' if compact else 'optim'}.{self._rule(h)}",
+                                      self.backend, device=not isinstance(a, np.ndarray),
+                                      dtype=dtype_of(a))
+                work.append((gi, group, present, h, layout, plan, grads, group_offset))
             # nothing has been written so far; from here on nothing can be refused
             norm, scale, clipped = None, 1.0, False
             if self.max_grad_norm is not None or self.monitor is not None:
                 from .norm import global_norm  # one read pass over every group's gradients
 
-                all_grads = [g for *_, gs in work for g in gs]
+                all_grads = [g for *_, gs, _ in work for g in gs]
                 norm = global_norm(all_grads, backend=self._norm_backend(all_grads)) \
                     if all_grads else 0.0
                 if (self.max_grad_norm is not None and math.isfinite(norm)
                         and norm > self.max_grad_norm):
                     scale, clipped = self.max_grad_norm / norm, True
             runs = []
-            for gi, group, present, h, layout, plan, grads in work:
+            for gi, group, present, h, layout, plan, grads, group_offset in work:
                 if plan is None:
-                    plan = self._build_plan(gi, group, present, h, layout)
+                    plan = self._build_plan(gi, group, present, h, layout, group_offset)
                 rule = self._rule(h)
                 pos = {i: j for j, i in enumerate(present)}
                 for b in plan.buckets:
                     bg = grads if len(b.idx) == len(present) else [grads[pos[i]] for i in b.idx]
                     runs.append((rule, b, bg, self._scalars(h, b, scale)))
+            opts = self.precision
             for rule, b, bg, k in runs:
-                F.run(rule, b.params, bg, b.states, k, self.backend)
+                if b.compact:
+                    F.run_compact(rule, b.params, bg, b.masters, b.states, b.absmax, k,
+                                  (opts.seed, b.n, b.ids) if opts.stochastic else None,
+                                  self.backend)
+                else:
+                    F.run(rule, b.params, bg, b.states, k, self.backend)
                 b.advance()
             self.last_grad_norm = norm
             if self.monitor is not None and norm is not None:
                 self.monitor.record(norm, clipped=clipped, threshold=self.max_grad_norm)
             return loss if closure is not None else norm
+
+    def master_params(self) -> list:
+        """The values the optimizer steps from, as new float32 tensors, one per param of every
+        group in order (torch's state_dict numbering): the float32 master of a 16-bit param
+        (``state['master_param']``, or the bfloat16 param joined with
+        ``state['param_remainder']``, exactly), every other param widened (float64 params
+        copied as they are). A param without state yet is its own master."""
+        with self._exclusive("master_params()"):
+            out = []
+            for g in self.param_groups:
+                for p in g["params"]:
+                    mk = self._master_key(p)
+                    m = (self.state.get(p) or {}).get(mk[0]) if mk is not None else None
+                    if m is None:
+                        out.append(p.detach().to(torch.float64 if p.dtype == torch.float64
+                                                 else torch.float32, copy=True))
+                    elif m.dtype == torch.float32:
+                        out.append(m.detach().clone())
+                    else:
+                        bits = _view(p).view(_precision.U16)
+                        out.append(torch.from_numpy(np.ascontiguousarray(
+                            _precision.remainder_join(bits, m.detach().numpy()).reshape(
+                                tuple(p.shape)))))
+            return out
 
     @staticmethod
     def _grad(p, gi, i):
@@ -748,7 +1077,16 @@ class _Fused(torch.optim.Optimizer):
         if g.dtype != p.dtype or not g.is_contiguous():
             if not g.is_floating_point():
                 raise TypeError(f"{where}: its grad has dtype {g.dtype}")
-            g = g.to(p.dtype).contiguous()
+            if p.device.type == "cpu" and (g.dtype in _HALF or p.dtype in _HALF) \
+                    and g.dtype != p.dtype and not (p.dtype in _HALF and g.dtype == torch.float32):
+                raise TypeError(f"{where}: its grad has dtype {g.dtype} but the param is "
+                                f"{p.dtype}; a grad has its param's dtype, or float32 for a "
+                                "16-bit param (a 16-bit grad of a float32 param would have "
+                                "lost bits already; a float64 one of a 16-bit param would be "
+                                "rounded here)")
+            # a float32 grad of a 16-bit CPU param is read as it is
+            g = g.contiguous() if p.dtype in _HALF and p.device.type == "cpu" \
+                else g.to(p.dtype).contiguous()
         return _view(g)
 
     def _norm_backend(self, arrays):
@@ -792,7 +1130,8 @@ class SGD(_Fused, torch.optim.SGD):
     """torch.optim.SGD: plain, heavy-ball momentum (with dampening) or Nesterov.
 
     Its state is torch's: a ``momentum_buffer`` per param once it has taken a step with
-    momentum, no step count; a buffer present means the first (undamped) step is done."""
+    momentum, no step count (but with ``stochastic_rounding=True``, whose random streams it
+    keys); a buffer present means the first (undamped) step is done."""
 
     _counted = False
 
@@ -915,17 +1254,18 @@ class Adagrad(_Fused, torch.optim.Adagrad):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # torch's constructor made the state (a float32 step count, and a sum of the param's
-        # dtype, float16 ones included): ours is a float64 count and float32 state for 16-bit
-        # params, filled with the checked value
+        # dtype, 16-bit ones included): ours is a float64 count and the sum the options keep
+        # (float32 for 16-bit params by default; bfloat16 or 8-bit codes with state_dtype),
+        # filled with the checked value, and the master under master_weights
         for gi, group in enumerate(self.param_groups):
             h = self._hyper(group, f"param_groups[{gi}]")
-            (_, key, init, _), = self._tensors(h)
+            (_, key, _, _), = self._tensors(h)
             for p in group["params"]:
                 st = self.state.get(p)
                 if st:
                     st["step"] = torch.tensor(0.0, dtype=_STEP_DTYPE)
-                    st[key] = torch.full_like(p, init, dtype=_state_dtype(p),
-                                              memory_format=torch.contiguous_format)
+                    st.pop(key, None)  # torch's, of the param's dtype
+                    self._fill_state(p, h, st)
 
     def _rule(self, h):
         return "adagrad"
@@ -968,7 +1308,8 @@ class Lion(_Fused, _LionOptions):
         theta <- theta - lr u;  m <- b2 m + (1 - b2) g
 
     (g = -grad with ``maximize=True``; sign(0) = 0). State: ``exp_avg`` (m, from 0) per param,
-    and no step count, as the rule needs none.
+    and no step count, as the rule needs none (but with ``stochastic_rounding=True``, whose
+    random streams it keys).
 
     The signature, the defaults and the state layout are those of the PyTorch Lion that torch
     users know, the paper authors' own PyTorch code (and lion-pytorch, which follows it):

@@ -117,11 +117,12 @@ FO_AVX2_INLINE __m256d square(__m256d v, __m256d s) {
 }
 FO_AVX2_INLINE __m256d load4(const float* x) { return _mm256_cvtps_pd(_mm_loadu_ps(x)); }  // exact
 FO_AVX2_INLINE __m256d load4(const double* x) { return _mm256_loadu_pd(x); }
-// 16-bit storage, widened exactly as widen() does: bf16 bits << 16; float16 by F16C.
+// 16-bit storage, widened exactly as widen() does: bf16 as the top half of a float32 (under
+// 16 zero bits by an unpack for 4, by zero-extension and a shift for 8); float16 by F16C.
 FO_AVX2_INLINE __m128i bits4(const void* x) { return _mm_loadl_epi64((const __m128i*)x); }
 FO_AVX2_INLINE __m128i bits8(const void* x) { return _mm_loadu_si128((const __m128i*)x); }
 FO_AVX2_INLINE __m256d load4(const bf16* x) {
-  return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits4(x)), 16)));
+  return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits4(x))));
 }
 FO_AVX2_INLINE __m256d load4(const f16* x) { return _mm256_cvtps_pd(_mm_cvtph_ps(bits4(x))); }
 FO_AVX2_INLINE __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
@@ -412,7 +413,8 @@ py::tuple norm_partials(const py::list& arrays, double scale, bool want_max, boo
 
 void norm_scale(const py::list& arrays, double factor) {
   if (arrays.size() == 0) return;
-  kind_of(arrays, false) == Kind::f64 ? scale<double>(arrays, factor) : scale<float>(arrays, factor);
+  if (kind_of(arrays, false) == Kind::f64) scale<double>(arrays, factor);
+  else scale<float>(arrays, factor);
 }
 
 }  // namespace

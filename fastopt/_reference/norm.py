@@ -11,6 +11,9 @@ For one array x (flattened, C order), multiplied by a power of two ``scale`` (ex
 
 Adding +0.0 leaves a sum of squares unchanged bit for bit, so zero padding anywhere in this order
 is harmless; that is what lets NumPy vectorise across blocks and lanes below and still follow it.
+
+16-bit host arrays (float16, ``ml_dtypes.bfloat16``) are widened exactly to float32 first: the
+sums and the max are those of a float32 copy, bit for bit.
 """
 from __future__ import annotations
 
@@ -20,7 +23,42 @@ import numpy as np
 
 from .._core import (NORM_BLOCK, NORM_LANES, finish_norm, guard_decide, pairwise_sum,  # noqa: F401
                      sum_of_squares)
+from .._precision import HOST_BF16
 from .._validate import check_kernel_arrays
+
+#: The 16-bit host dtypes the norm reads, by the names the kernels know them by.
+NORM16 = {np.dtype(np.float16): "f16", **({HOST_BF16: "bf16"} if HOST_BF16 is not None else {})}
+
+
+def check_norm16(arrays):
+    """The kernels' contract for a 16-bit list, as ``check_kernel_arrays`` (which knows float32
+    and float64 only) holds it for the others: every item a C-contiguous ndarray of exactly
+    arrays[0]'s dtype. Returns "f16" or "bf16" for such a list, None for any other (which the
+    caller checks as before)."""
+    if not (isinstance(arrays, list) and arrays and type(arrays[0]) is np.ndarray):
+        return None
+    kind = NORM16.get(arrays[0].dtype)
+    if kind is not None:
+        dt = arrays[0].dtype
+        for i, a in enumerate(arrays):
+            if type(a) is not np.ndarray:
+                raise TypeError(f"arrays[{i}] is not an ndarray")
+            if a.dtype != dt:
+                raise TypeError(f"arrays[{i}] has dtype {a.dtype}, not {dt}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"arrays[{i}] is not C-contiguous")
+    return kind
+
+
+def widened(a):
+    """``a`` flattened, 16-bit storage widened exactly to float32 (bfloat16: its bits << 16;
+    NumPy's float16 cast is exact); float32/float64 as they are."""
+    flat = a.reshape(-1)
+    if flat.dtype == np.float16:
+        return flat.astype(np.float32)
+    if flat.dtype == HOST_BF16:
+        return (flat.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return flat
 
 
 def _block_sums(arrays, scale):
@@ -37,7 +75,8 @@ def _block_sums(arrays, scale):
     for a, nb in zip(arrays, counts):
         if nb == 0:
             continue
-        flat = a.reshape(-1).astype(np.float64) * scale  # exact: scale is a power of two
+        with np.errstate(invalid="ignore"):  # a signalling NaN is quietly a NaN
+            flat = widened(a).astype(np.float64) * scale  # exact: scale is a power of two
         full = a.size // B
         if full:
             y[row:row + full, :B] = flat[:full * B].reshape(full, B)
@@ -63,7 +102,8 @@ def norm_partials(arrays, scale, want_max):
     only if ``want_max`` (else 0) and ignores NaN (a NaN shows in the sum of squares instead), as
     the native kernels' max instruction does.
     """
-    check_kernel_arrays([("arrays", arrays, False)])  # the contract every backend keeps
+    if check_norm16(arrays) is None:  # the contract every backend keeps
+        check_kernel_arrays([("arrays", arrays, False)])
     sums, counts = _block_sums(arrays, np.float64(scale))
     sumsq = np.zeros(len(arrays))
     maxabs = np.zeros(len(arrays))
@@ -72,7 +112,7 @@ def norm_partials(arrays, scale, want_max):
         sumsq[i] = pairwise_sum(sums[start:start + nb])
         start += nb
         if want_max and a.size:
-            maxabs[i] = np.fmax.reduce(np.abs(a.reshape(-1)), initial=0)
+            maxabs[i] = np.fmax.reduce(np.abs(widened(a)), initial=0)
     return sumsq, maxabs
 
 
