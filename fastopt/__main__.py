@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="check and time every kernel against this machine's ceiling")
     p.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
-    p.add_argument("--kernels", help="comma list of optim,norm,halton (default: all)")
+    p.add_argument("--kernels", help="comma list of optim,norm,halton,precision (default: "
+                   "optim,norm,halton)")
     p.add_argument("--backends", help="comma list of cpp,numba,numpy (default: all available)")
     p.add_argument("--rules", help="comma list of optimizer rules to time (default: "
                    f"adam,lion,adagrad; any of {','.join(RULES)})")
