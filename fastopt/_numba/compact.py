@@ -4,17 +4,18 @@ bit for bit.
 
 One compiled kernel per element-math kernel name (as fastopt._numba.optim): a table of data
 addresses and per-array storage kinds, cut into CHUNK-element chunks from each array's start
-and shared over threads. A chunk runs in tiles of QBLOCK elements -- one 8-bit block each, so a
-block's new absmax is known before its codes are written: load every buffer of the tile as
-float32, the rule's element step, store every buffer back to its storage. Each load and store
-is a plain loop over one storage kind (the kind is per array), which LLVM vectorises; the
-element step is the rule's ``element`` on float32 scalars, as for float32 params.
+and shared over threads. A chunk runs in tiles of TILE elements: every buffer of the tile as
+float32 (float32 memory in place, anything else converted into a tile buffer), the rule's
+``element`` on float32 scalars as for float32 params, then every converted buffer stored back
+(8-bit state block by block: a block's new absmax is known before its codes are written). Each
+load and store is a plain loop over one storage kind (kinds are per array), which LLVM
+vectorises.
 
-Conversions work on bit patterns (int64 holding 32 bits: Numba widens uint32 arithmetic to 64
-bits, and a uint64 meeting an int64 would become float64), with the exact integer recipes of
-the reference; the random word of element i, lane L (0: the param, 1 + j: state j) of the
-array with id ``ids[a]`` is mix32((i & 0xFFFFFFFF) ^ stream_key(seed, step, id, L, i >> 32)),
-the key computed once per chunk (a chunk never crosses a multiple of 2^32).
+Conversions are the reference's integer recipes on uint32 bit patterns (float16: the F16C
+instructions where the compiled code may use them, as C++ does; the same bits). The random word
+of element i, lane L (0: the param, 1 + j: state j) of the array with stream id ``ids[a]`` is
+mix32((i & 0xFFFFFFFF) ^ stream_key(seed, step, id, L, i >> 32)), the key computed once per
+chunk (a chunk never crosses a multiple of 2^32).
 """
 from __future__ import annotations
 
@@ -34,11 +35,19 @@ from .._core import coef
 from .._validate import check_optim_kernel_args, data_addresses
 from ._jit import JIT, SERIAL_BELOW, compiled, pointer as _pointer, twins
 
-#: Elements per chunk (a multiple of the tile) and per tile (one 8-bit block).
-CHUNK = 1 << 15
-TILE = 256
-if TILE != P.QBLOCK:  # literal for the same reason as norm.py's: the cache sees this file only
-    raise ImportError(f"fastopt._numba.compact has tile {TILE} but QBLOCK is {P.QBLOCK}")
+#: Elements per chunk, per tile (the float32 buffers: 4 x 4 KiB, in L1) and per 8-bit block;
+#: each a multiple of the next, so tiles and blocks start at multiples from the array's start.
+CHUNK, TILE, BLOCK = 1 << 15, 1 << 10, 256
+#: The 8-bit maps' smallest normal exponents and mantissa bits, and the stream's first word.
+EMIN_SIGNED, EMIN_UNSIGNED, MANT, STREAM_INIT = -14, -30, 3, 0x6A09E667
+# Literals, not read from fastopt._precision, for the same reason as norm.py's: Numba's on-disk
+# cache only notices edits to this file, so a changed reference must fail here instead of
+# running stale compiled constants.
+_HERE = (BLOCK, EMIN_SIGNED, EMIN_UNSIGNED, MANT, STREAM_INIT)
+_REF = (P.QBLOCK, P.EMIN_SIGNED, P.EMIN_UNSIGNED, P.MANT, P.STREAM_INIT)
+if _HERE != _REF:
+    raise ImportError(f"fastopt._numba.compact has (block, emins, mantissa bits, stream init) "
+                      f"{_HERE} but fastopt._precision says {_REF}; update this file")
 
 #: Storage kinds (the kernel's per-array codes): params and grads F32/BF16/F16, masters F32
 #: (a float32 master) or REM (an int16 remainder of a bfloat16 param), states F32/BF16/I8/U8;
@@ -49,9 +58,6 @@ _M = 0xFFFFFFFF
 
 # zero-length arrays whose dtype types the pointers (see _jit.pointer)
 _LF32, _LU16, _LU8 = np.empty(0, np.float32), np.empty(0, np.uint16), np.empty(0, np.uint8)
-#: the 8-bit maps, indexed [kind - I8, code byte]: value of the code for absmax 1 (exactly
-#: P.decode's, so map value * absmax is its float32 product)
-MAPS = np.stack([P.map_values(P.I8), P.map_values(P.U8)]).astype(np.float32)
 
 
 # -- bits <-> float32 ---------------------------------------------------------------------------
@@ -74,105 +80,190 @@ def _f32(typingctx, bits):
 
 @intrinsic
 def _bits(typingctx, x):
-    """The bit pattern of a float32 as an int64 in [0, 2^32). Typed for float32 only: a float64
-    reaching here would mean the step ran in double, so it fails to compile instead."""
+    """The bit pattern of a float32 as a uint32. Typed for float32 only: a float64 reaching
+    here would mean the step ran in double, so it fails to compile instead."""
     if x != nbtypes.float32:
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.zext(builder.bitcast(args[0], ir.IntType(32)), ir.IntType(64))
-    return nbtypes.int64(x), codegen
+        return builder.bitcast(args[0], ir.IntType(32))
+    return nbtypes.uint32(x), codegen
 
 
-@njit(inline="always", **JIT)
-def _mix32(x):
-    """P.mix32 on 0 <= x < 2^32 in int64 (a product wraps modulo 2^64; only its low 32 bits,
-    which wrapping keeps, are used)."""
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _M
-    return x ^ (x >> 16)
+# The bit recipes below wrap every integer operation in U (uint32): Numba types uint32 op uint32
+# as uint64 (and a uint64 meeting an int64 as float64), and the truncation back tells LLVM that
+# 32-bit lanes suffice, so the loops vectorise 8 wide. Every intermediate is exact in 32 bits
+# (or wraps only in a branch the NaN test discards).
+U = np.uint32
+
+
+@intrinsic
+def _mix32(typingctx, x):
+    """P.mix32 (lowbias32) of the low 32 bits of an integer, as a uint32. Written in 32-bit IR:
+    from Numba's 64-bit arithmetic LLVM keeps the products in 64-bit lanes (half as many per
+    vector, and no 64-bit vector multiply on AVX2)."""
+    if not isinstance(x, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        v = args[0]
+        if x.bitwidth > 32:
+            v = builder.trunc(v, i32)
+        elif x.bitwidth < 32:
+            v = builder.zext(v, i32)
+        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            v = builder.xor(v, builder.lshr(v, ir.Constant(i32, shift)))
+            v = builder.mul(v, ir.Constant(i32, factor - (1 << 32) if factor >> 31 else factor))
+        return builder.xor(v, builder.lshr(v, ir.Constant(i32, 16)))
+    return nbtypes.uint32(x), codegen
 
 
 @njit(**JIT)
 def _stream_key(W, array, lane, hi):
-    """P.stream_key: W = (flag, seed lo, seed hi, step lo, step hi), folded from STREAM_INIT."""
-    h = _mix32(0x6A09E667 ^ W[1])
-    h = _mix32(h ^ W[2])
-    h = _mix32(h ^ W[3])
-    h = _mix32(h ^ W[4])
-    h = _mix32(h ^ array)
-    h = _mix32(h ^ lane)
-    return _mix32(h ^ hi)
+    """P.stream_key: W = (flag, seed lo, seed hi, step lo, step hi), folded from STREAM_INIT;
+    the words are < 2^32 (ids masked by the caller as mix32 masks them)."""
+    h = _mix32(U(U(STREAM_INIT) ^ U(W[1])))
+    h = _mix32(U(h ^ U(W[2])))
+    h = _mix32(U(h ^ U(W[3])))
+    h = _mix32(U(h ^ U(W[4])))
+    h = _mix32(U(h ^ U(array)))
+    h = _mix32(U(h ^ U(lane)))
+    return _mix32(U(h ^ U(hi)))
+
+
+@njit(inline="always", **JIT)
+def _bf16_nan(M):
+    """The canonical bfloat16 NaN with M's sign."""
+    return U(U(U(M >> U(16)) & U(0x8000)) | U(0x7FC0))
+
+
+@njit(inline="always", **JIT)
+def _is_nan(M):
+    return U(M & U(0x7FFFFFFF)) > U(0x7F800000)
 
 
 @njit(inline="always", **JIT)
 def _bf16_rn(M):
     """P.bf16_nearest on the bits M: + 0x7FFF + the kept lsb, >> 16; NaN -> 0x7FC0 signed."""
-    if (M & 0x7FFFFFFF) > 0x7F800000:
-        return ((M >> 16) & 0x8000) | 0x7FC0
-    return (M + 0x7FFF + ((M >> 16) & 1)) >> 16
+    if _is_nan(M):
+        return _bf16_nan(M)
+    return U(U(M + U(0x7FFF) + U(U(M >> U(16)) & U(1))) >> U(16))
 
 
 @njit(inline="always", **JIT)
 def _bf16_sr(M, r):
     """P.bf16_stochastic: (M + (r & 0xFFFF)) >> 16 rounds up with probability dropped/2^16."""
-    if (M & 0x7FFFFFFF) > 0x7F800000:
-        return ((M >> 16) & 0x8000) | 0x7FC0
-    return (M + (r & 0xFFFF)) >> 16
+    if _is_nan(M):
+        return _bf16_nan(M)
+    return U(U(M + U(r & U(0xFFFF))) >> U(16))
 
 
 @njit(inline="always", **JIT)
-def _f16_widen(h):
+def _f16_widen_bits(h):
     """float16 bits -> float32, exactly: normal numbers rebias the exponent by 127 - 15 = 112;
     inf/NaN keep their mantissa under exponent 255; subnormals are mantissa * 2^-24 (an exact
     int -> float32 conversion and power-of-two product)."""
-    s = (h & 0x8000) << 16
-    e = h & 0x7C00
-    b = (h & 0x7FFF) << 13
-    if e == 0x7C00:
-        return _f32(s | b | 0x7F800000)
-    if e == 0:
-        v = np.float32(h & 0x3FF) * np.float32(2.0 ** -24)
-        return -v if s else v
-    return _f32(s | (b + (112 << 23)))
+    h = U(h)
+    s = U(U(h & U(0x8000)) << U(16))
+    e = U(h & U(0x7C00))
+    b = U(U(h & U(0x7FFF)) << U(13))
+    if e == U(0x7C00):
+        return _f32(U(s | b | U(0x7F800000)))
+    if e == U(0):
+        return _f32(U(s | _bits(np.float32(np.int32(h & U(0x3FF))) * np.float32(2.0 ** -24))))
+    return _f32(U(s | U(b + U(112 << 23))))
 
 
 @njit(inline="always", **JIT)
-def _f16_rn(x):
+def _f16_rn_bits(x):
     """float32 -> float16 bits, IEEE round to nearest even (P.f16_nearest; NaN -> 0x7E00
     signed). |x| >= 65536: inf. Below 2^-14 (float16 subnormal or zero): |x| + 0.5 in float32
     has ulp 2^-24, the float16 subnormal spacing, so the hardware's nearest-even addition
     rounds, and the low bits are the code. Else rebias (-112 << 23) and round the 13 dropped
     bits to nearest even (a carry into the exponent is right, up to 0x7C00 = inf)."""
     M = _bits(x)
-    s = (M >> 16) & 0x8000
-    A = M & 0x7FFFFFFF
-    if A > 0x7F800000:
-        return s | 0x7E00
-    if A >= 0x47800000:
-        return s | 0x7C00
-    if A < 0x38800000:
-        return s | (_bits(_f32(A) + np.float32(0.5)) - 0x3F000000)
-    return s | ((A - (112 << 23) + 0xFFF + ((A >> 13) & 1)) >> 13)
+    s = U(U(M >> U(16)) & U(0x8000))
+    A = U(M & U(0x7FFFFFFF))
+    if A > U(0x7F800000):
+        return U(s | U(0x7E00))
+    if A >= U(0x47800000):
+        return U(s | U(0x7C00))
+    if A < U(0x38800000):
+        return U(s | U(_bits(_f32(A) + np.float32(0.5)) - U(0x3F000000)))
+    return U(s | U(U(A - U(112 << 23) + U(0xFFF) + U(U(A >> U(13)) & U(1))) >> U(13)))
+
+
+def _has_f16c() -> bool:
+    """Whether the code Numba generates may use F16C (x86's float16 <-> float32 conversions):
+    the features it compiles for (NUMBA_CPU_FEATURES, else the host's)."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else \
+        get_host_cpu_features()
+    return "+f16c" in features.split(",")
+
+
+@intrinsic
+def _f16_fpext(typingctx, h):
+    """float16 bits -> float32 by LLVM's fpext (one vcvtph2ps per 8 values): exact; a
+    signalling NaN comes out quiet, which the step's arithmetic would make it anyway."""
+    if not isinstance(h, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        v = builder.trunc(v, ir.IntType(16)) if h.bitwidth > 16 else v
+        return builder.fpext(builder.bitcast(v, ir.HalfType()), ir.FloatType())
+    return nbtypes.float32(h), codegen
+
+
+@intrinsic
+def _f16_fptrunc(typingctx, x):
+    """float32 -> float16 bits (as a uint32) by LLVM's fptrunc: IEEE nearest even (vcvtps2ph);
+    NaNs keep a payload, which _f16_rn_hw replaces."""
+    if x != nbtypes.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        h = builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+        return builder.zext(h, ir.IntType(32))
+    return nbtypes.uint32(x), codegen
+
+
+@njit(inline="always", **JIT)
+def _f16_rn_hw(x):
+    """P.f16_nearest by the hardware, the NaN made canonical (0x7E00 with its sign)."""
+    M = _bits(x)
+    if _is_nan(M):
+        return U(U(U(M >> U(16)) & U(0x8000)) | U(0x7E00))
+    return _f16_fptrunc(x)
+
+
+#: The float16 conversions: F16C where the compiled code may use it (what C++ uses too), else
+#: the integer recipes (which LLVM would otherwise replace by calls to a runtime library).
+F16C = _has_f16c()
+_f16_widen, _f16_rn = (_f16_fpext, _f16_rn_hw) if F16C else (_f16_widen_bits, _f16_rn_bits)
 
 
 @njit(inline="always", **JIT)
 def _f16_sr(x, r):
-    """P.f16_stochastic: with u the float16 spacing at |x| and q = |x| / u in [0, 2048),
-    round up from floor(q) u iff (r & 0xFFFF) < frac(q) 2^16; the result is a float16 value (or
-    >= 65536: inf), converted exactly by _f16_rn. inf/NaN: _f16_rn(x)."""
+    """P.f16_stochastic: with u = 2^ue the float16 spacing at |x| (ue = max(exponent, -14) -
+    10, so 2^-ue and 2^ue have exponent fields 264 - t and t - 10, t = max(field, 113)) and
+    q = |x| / u in [0, 2048), round up from floor(q) u iff (r & 0xFFFF) < frac(q) 2^16; the
+    result, with x's sign, is a float16 value (or >= 65536: inf) that _f16_rn converts exactly.
+    inf/NaN: _f16_rn(x)."""
     M = _bits(x)
-    A = M & 0x7FFFFFFF
-    if A >= 0x7F800000:
-        return _f16_rn(x)
-    ue = max((A >> 23) - 127, -14) - 10
-    q = _f32(A) * _f32((127 - ue) << 23)  # exact: times 2^-ue
-    fl = np.float32(np.int32(q))  # q < 2048, >= 0: truncation is floor
-    up = np.float32(r & 0xFFFF) < (q - fl) * np.float32(65536.0)
-    mag = (fl + (np.float32(1.0) if up else np.float32(0.0))) * _f32((127 + ue) << 23)
-    return _f16_rn(-mag if M >> 31 else mag)
+    A = U(M & U(0x7FFFFFFF))
+    finite = A < U(0x7F800000)
+    if not finite:
+        A = U(0)  # keeps the unused arithmetic below finite
+    t = max(U(A >> U(23)), U(113))
+    q = _f32(A) * _f32(U(U(U(264) - t) << U(23)))  # exact
+    fl = np.float32(np.int32(q))  # q in [0, 2048): truncation is floor
+    up = np.float32(np.int32(r & U(0xFFFF))) < (q - fl) * np.float32(65536.0)
+    mag = (fl + (np.float32(1.0) if up else np.float32(0.0))) * _f32(U(U(t - U(10)) << U(23)))
+    return _f16_rn(_f32(U(_bits(mag) | U(M & U(0x80000000)))) if finite else x)
 
 
 # -- one tile: load and store -------------------------------------------------------------------
@@ -188,59 +279,79 @@ def _load(dst, addr, kind, e0, m, am_addr):
     elif kind == BF16:
         h = carray(_pointer(addr + 2 * e0, _LU16), m)
         for i in range(m):
-            dst[i] = _f32(np.int64(h[i]) << 16)
+            dst[i] = _f32(U(U(h[i]) << U(16)))
     elif kind == F16:
         h = carray(_pointer(addr + 2 * e0, _LU16), m)
         for i in range(m):
-            dst[i] = _f16_widen(np.int64(h[i]))
+            dst[i] = _f16_widen(h[i])
     elif kind == I8 or kind == U8:
         q = carray(_pointer(addr + e0, _LU8), m)
-        s = carray(_pointer(am_addr + 4 * (e0 // TILE), _LF32), 1)[0]
-        row = MAPS[kind - I8]
-        for i in range(m):
-            dst[i] = row[q[i]] * s
+        am = carray(_pointer(am_addr + 4 * (e0 // BLOCK), _LF32), (m + BLOCK - 1) // BLOCK)
+        signed = kind == I8
+        emin = EMIN_SIGNED if signed else EMIN_UNSIGNED
+        sub = _f32(U((127 + emin - MANT) << 23))
+        rebase = U((127 + emin - 1) << MANT)
+        for j in range(am.size):
+            s = am[j]
+            qj, dj = q[j * BLOCK:], dst[j * BLOCK:]  # indexed from 0 (see _quantise)
+            for i in range(min(BLOCK, m - j * BLOCK)):
+                # P.decode: magnitude |code| = 8e + f -> 2^(e-1+emin) (1 + f/8), or f 2^(emin-3)
+                c = U(qj[i])
+                neg = signed and c >= U(128)
+                mag = U(U(256) - c) if neg else c
+                if mag >= U(8):
+                    v = _f32(U(U(mag + rebase) << U(20)))
+                else:
+                    v = np.float32(np.int32(mag)) * sub
+                dj[i] = (-v if neg else v) * s
 
 
 @njit(**JIT)
-def _quantise(src, addr, kind, e0, m, am_addr):
-    """P.quantise of one block: absmax = max |x| (the largest |x| bit pattern: the same order
-    for finite values, and a NaN if there is one), then per value a = |x| / absmax to the
-    nearest map magnitude: below 2^emin the subnormal steps 2^(emin-3) (a * 2^(3-emin) < 8,
-    rounded to nearest even by adding 2^23), else a's bits rounded to 3 mantissa bits, nearest
-    even, rebased to the map's exponent."""
-    big = 0
+def _quantise(src, j0, addr, kind, e0, m, am_addr):
+    """P.quantise of the block src[j0:j0+m] (elements e0 .. of its array): absmax = max |x|
+    (the largest |x| bit pattern: the same order for finite values, and a NaN if there is
+    one), then per value a = |x| / absmax to the nearest map magnitude: below 2^emin the
+    subnormal steps 2^(emin-3) (a 2^(3-emin) < 8, rounded to nearest even by adding 2^23), else
+    a's bits rounded to 3 mantissa bits, nearest even, rebased to the map's exponent. Branch
+    free, so that it vectorises: signed codes negate as (mag ^ -s) + s, s the sign bit;
+    unsigned codes of a nonzero a are at least 1."""
+    src = src[j0:j0 + m]  # indexed from 0: an offset index would be range-checked per element
+    big = U(0)
     for i in range(m):
-        big = max(big, _bits(src[i]) & 0x7FFFFFFF)
+        big = max(big, U(_bits(src[i]) & U(0x7FFFFFFF)))
     am = _f32(big)
-    carray(_pointer(am_addr + 4 * (e0 // TILE), _LF32), 1)[0] = am
-    ok = big > 0 and big < 0x7F800000
+    carray(_pointer(am_addr + 4 * (e0 // BLOCK), _LF32), 1)[0] = am
+    ok = big > U(0) and big < U(0x7F800000)
     scale = am if ok else np.float32(1.0)
     signed = kind == I8
-    emin = P.EMIN_SIGNED if signed else P.EMIN_UNSIGNED
-    tiny = np.float32(2.0 ** emin)
-    up = np.float32(2.0 ** (P.MANT - emin))
-    rebase = (127 + emin - 1) << P.MANT
+    emin = EMIN_SIGNED if signed else EMIN_UNSIGNED
+    tiny = _f32(U((127 + emin) << 23))
+    up = _f32(U((127 + MANT - emin) << 23))
+    rebase = U((127 + emin - 1) << MANT)
+    sgn, least = (U(1), U(0)) if signed else (U(0), U(1))
     out = carray(_pointer(addr + e0, _LU8), m)
     for i in range(m):
         M = _bits(src[i])
-        a = _f32(M & 0x7FFFFFFF) / scale
-        if not ok or not a <= np.float32(1.0):
+        a = _f32(U(M & U(0x7FFFFFFF))) / scale
+        if not (ok and a <= np.float32(1.0)):
             a = np.float32(0.0)
         A = _bits(a)
         if a < tiny:
-            mag = _bits(a * up + np.float32(8388608.0)) - 0x4B000000
+            mag = U(_bits(a * up + np.float32(8388608.0)) - U(0x4B000000))
         else:
-            mag = ((A + 0x7FFFF + ((A >> 20) & 1)) >> 20) - rebase
-        if signed:
-            out[i] = (-mag if M >> 31 else mag) & 0xFF
-        else:
-            out[i] = max(mag, 1) if A != 0 else mag
+            mag = U(U(U(A + U(0x7FFFF) + U(U(A >> U(20)) & U(1))) >> U(20)) - rebase)
+        mag = max(mag, least if A != U(0) else U(0))
+        s = U(U(M >> U(31)) & sgn)
+        out[i] = U(U(mag ^ U(U(0) - s)) + s)
 
 
 @njit(**JIT)
 def _store(src, addr, kind, e0, m, key, am_addr):
     """src[:m] into elements e0 .. of a stored array of ``kind``: float32 as is, 16 bits to
-    nearest even (key < 0) or stochastically with the words mix32(i ^ key), 8 bits by block."""
+    nearest even (key < 0) or stochastically with the words mix32(index ^ key), 8 bits by
+    block. e0 is a multiple of TILE and i < TILE, so (e0 + i) ^ key = (e0 ^ key) ^ i: a 32-bit
+    base and a 32-bit counter (an int64 index would keep the hash in 64-bit lanes)."""
+    base = U(U(e0) ^ U(key))
     if kind == F32:
         dst = carray(_pointer(addr + 4 * e0, _LF32), m)
         for i in range(m):
@@ -252,7 +363,7 @@ def _store(src, addr, kind, e0, m, key, am_addr):
                 h[i] = _bf16_rn(_bits(src[i]))
         else:
             for i in range(m):
-                h[i] = _bf16_sr(_bits(src[i]), _mix32(((e0 + i) & _M) ^ key))
+                h[i] = _bf16_sr(_bits(src[i]), _mix32(U(base ^ U(i))))
     elif kind == F16:
         h = carray(_pointer(addr + 2 * e0, _LU16), m)
         if key < 0:
@@ -260,24 +371,24 @@ def _store(src, addr, kind, e0, m, key, am_addr):
                 h[i] = _f16_rn(src[i])
         else:
             for i in range(m):
-                h[i] = _f16_sr(src[i], _mix32(((e0 + i) & _M) ^ key))
+                h[i] = _f16_sr(src[i], _mix32(U(base ^ U(i))))
     elif kind == I8 or kind == U8:
-        _quantise(src, addr, kind, e0, m, am_addr)
+        for j0 in range(0, m, BLOCK):
+            _quantise(src, j0, addr, kind, e0 + j0, min(BLOCK, m - j0), am_addr)
 
 
 @njit(**JIT)
 def _load_param(x, pa, ma, pk, mk, e0, m):
-    """The param as float32: its master, bf16 param + remainder (P.remainder_join: the high
-    half, less the borrow the split's + 0x8000 added when the remainder's top bit is set,
-    above the remainder), or the param itself."""
+    """The 16-bit param as float32: bf16 param + remainder (P.remainder_join: the high half,
+    less the carry the split's + 0x8000 put there when the remainder's top bit is set, above
+    the remainder), or the param itself. (A float32 master or param is used in place.)"""
     if mk == REM:
         h = carray(_pointer(pa + 2 * e0, _LU16), m)
         lo = carray(_pointer(ma + 2 * e0, _LU16), m)
         for i in range(m):
-            r = np.int64(lo[i])
-            x[i] = _f32((((np.int64(h[i]) - (r >> 15)) & 0xFFFF) << 16) | r)
-    elif mk == F32:
-        _load(x, ma, F32, e0, m, 0)
+            r = U(lo[i])
+            hi = U(U(U(h[i]) - U(r >> U(15))) & U(0xFFFF))
+            x[i] = _f32(U(U(hi << U(16)) | r))
     else:
         _load(x, pa, pk, e0, m, 0)
 
@@ -291,16 +402,18 @@ def _store_param(x, pa, ma, pk, mk, e0, m, key):
         lo = carray(_pointer(ma + 2 * e0, _LU16), m)
         for i in range(m):
             M = _bits(x[i])
-            lo[i] = M & 0xFFFF
-            if (M & 0x7FFFFFFF) > 0x7F800000:
-                h[i] = ((M >> 16) & 0x8000) | 0x7FC0
-            else:
-                h[i] = (M + 0x8000) >> 16
-    elif mk == F32:
-        _store(x, ma, F32, e0, m, -1, 0)
+            lo[i] = U(M & U(0xFFFF))
+            h[i] = _bf16_nan(M) if _is_nan(M) else U(U(M + U(0x8000)) >> U(16))
+    elif mk == F32:  # x is the master
         _store(x, pa, pk, e0, m, -1, 0)
-    else:
+    elif pk != F32:  # (a float32 param is x)
         _store(x, pa, pk, e0, m, key, 0)
+
+
+@njit(inline="always", **JIT)
+def _in_place(addr, e0, m):
+    """Elements e0 .. e0+m-1 of a float32 array: the step reads and writes them there."""
+    return carray(_pointer(addr + 4 * e0, _LF32), m)
 
 
 # -- the kernel, per rule -----------------------------------------------------------------------
@@ -309,23 +422,37 @@ def _store_param(x, pa, ma, pk, mk, e0, m, key):
 # compiled _loop); KEY, the element's code, is in both closures so that Numba's on-disk cache
 # (keyed on code and closure) recompiles a kernel whose rule's element changed (optim.py).
 def _factory(KEY):
-    def _loop(T, K, a, b, n, k0, k1, k2, c, x, g, s0, s1):
+    def _loop(T, K, a, b, n, k0, k1, k2, c, xb, gb, sb0, sb1):
         """Elements b .. b+n-1 of array a, tile by tile; k0/k1/k2: the stream keys of the
-        param and the states (< 0: round to nearest)."""
+        param and the states (< 0: round to nearest); xb, gb, sb0, sb1: TILE float32 buffers
+        for what is not float32 already (float32 memory is stepped in place, no copies)."""
         KEY  # noqa: B018 - part of the cache key (see above)
-        pa, ga, ma, sa0, sa1, aa0, aa1 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4], T[a, 5], T[a, 6]  # noqa: E501
+        pa, ga, ma, sa0, sa1 = T[a, 0], T[a, 1], T[a, 2], T[a, 3], T[a, 4]
+        aa0, aa1 = T[a, 5], T[a, 6]
         pk, gk, mk, sk0, sk1 = K[a, 0], K[a, 1], K[a, 2], K[a, 3], K[a, 4]
+        px = mk == F32 or (mk == NONE and pk == F32)  # the float32 param is in memory
+        xa = ma if mk == F32 else pa
         for t in range(b, b + n, TILE):
             m = min(TILE, b + n - t)
-            _load_param(x, pa, ma, pk, mk, t, m)
-            _load(g, ga, gk, t, m, 0)
-            _load(s0, sa0, sk0, t, m, aa0)
-            _load(s1, sa1, sk1, t, m, aa1)
-            for i in range(m):  # absent states: their tiles are scratch the element ignores
+            x = _in_place(xa, t, m) if px else xb[:m]
+            g = _in_place(ga, t, m) if gk == F32 else gb[:m]
+            s0 = _in_place(sa0, t, m) if sk0 == F32 else sb0[:m]
+            s1 = _in_place(sa1, t, m) if sk1 == F32 else sb1[:m]
+            if not px:
+                _load_param(x, pa, ma, pk, mk, t, m)
+            if gk != F32:
+                _load(g, ga, gk, t, m, 0)
+            if sk0 != F32:  # (NONE loads nothing: an absent state's tile is scratch the
+                _load(s0, sa0, sk0, t, m, aa0)  # element ignores)
+            if sk1 != F32:
+                _load(s1, sa1, sk1, t, m, aa1)
+            for i in range(m):
                 x[i], s0[i], s1[i] = ELEMENT(x[i], g[i], s0[i], s1[i], c)  # noqa: F821
             _store_param(x, pa, ma, pk, mk, t, m, k0)
-            _store(s0, sa0, sk0, t, m, k1, aa0)
-            _store(s1, sa1, sk1, t, m, k2, aa1)
+            if sk0 != F32:
+                _store(s0, sa0, sk0, t, m, k1, aa0)
+            if sk1 != F32:
+                _store(s1, sa1, sk1, t, m, k2, aa1)
 
     def _multi(T, K, sizes, W, c):
         """Every chunk of every array in one parallel loop (each chunk writes only its own
@@ -376,27 +503,47 @@ _PARAM, _GRAD = (F32, BF16, F16), (F32, BF16, F16)
 _STATE, _MASTER = (F32, BF16, I8, U8), (F32, REM)
 
 
-def _kind(a, name, allowed, what, size, written):
-    """The storage kind of a C-contiguous ndarray of ``size`` elements (writable if
-    ``written``), or the error naming it."""
-    if type(a) is not np.ndarray:
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    kind = _KIND.get(a.dtype, NONE)
-    if kind not in allowed:
-        raise TypeError(f"{name} has dtype {a.dtype}; {what}")
-    if a.size != size:
-        raise ValueError(f"{name} has {a.size} elements but must have {size}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous")
-    if written and not a.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return kind
+def _kinds(arrays, name, allowed, what, sizes, written, of, rows=None):
+    """The storage kinds of ``arrays`` (item k is ``name[rows[k]]``, rows default 0, 1, ..):
+    C-contiguous ndarrays of ``sizes[k]`` elements (``of``: whose count that is, formatted
+    with i), writable if ``written``. One tight pass; the first item that fails raises the
+    error naming it (names are only formatted then: this runs on every step)."""
+    kinds, get = [], _KIND.get
+    for k, a in enumerate(arrays):
+        if type(a) is np.ndarray:
+            kind, f = get(a.dtype, NONE), a.flags
+            if kind in allowed and a.size == sizes[k] and f.c_contiguous and (
+                    f.writeable or not written):
+                kinds.append(kind)
+                continue
+        i = k if rows is None else rows[k]
+        where = f"{name}[{i}]"
+        if type(a) is not np.ndarray:
+            raise TypeError(f"{where} must be a numpy.ndarray, got {type(a).__name__}")
+        if get(a.dtype, NONE) not in allowed:
+            raise TypeError(f"{where} has dtype {a.dtype}; {what}")
+        if a.size != sizes[k]:
+            raise ValueError(f"{where} has {a.size} elements but must have {sizes[k]} "
+                             f"({of.format(i=i)})")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{where} is not C-contiguous")
+        raise ValueError(f"{where} is read-only")
+    return kinds
 
 
 def _list(x, name, n):
     if not isinstance(x, (list, tuple)) or len(x) != n:
         raise ValueError(f"{name} must be a list of {n} arrays, like params")
-    return x
+    return list(x)
+
+
+def _absent_or_list(x, name, n, what):
+    """None or an empty list/tuple (absent: None), else a list of n items."""
+    if x is None or (isinstance(x, (list, tuple)) and not x):
+        return None
+    if not isinstance(x, (list, tuple)) or len(x) != n:
+        raise ValueError(f"{name} must be None or a list of {n} {what}")
+    return list(x)
 
 
 def _u64(v, name):
@@ -415,60 +562,53 @@ def _table(params, grads, masters, states, absmax):
     sizes), every array checked against the contract first: the kernel trusts the table."""
     if not isinstance(params, (list, tuple)):
         raise TypeError("params must be a list of arrays")
-    na = len(params)
-    _list(grads, "grads", na)
-    masters = _list(masters, "masters", na) if masters else [None] * na
-    ns = len(states)
-    st = [_list(s, f"states[{j}]", na) for j, s in enumerate(states)]
-    if absmax:
-        if not isinstance(absmax, (list, tuple)) or len(absmax) != ns:
-            raise ValueError(f"absmax must hold {ns} lists, one per state buffer")
+    params = list(params)
+    na, ns = len(params), len(states)
+    grads = _list(grads, "grads", na)
+    states = [_list(s, f"states[{j}]", na) for j, s in enumerate(states)]
+    absmax = _absent_or_list(absmax, "absmax", ns, "lists, one per state buffer")
+    sizes = [p.size if type(p) is np.ndarray else -1 for p in params]
     T = np.zeros((na, 7), np.intp)
     K = np.full((na, 6), NONE, np.int64)
-    sizes = np.zeros(na, np.int64)
-    cols = [[] for _ in range(7)]  # per column: (row, array) whose address goes there
-    for i, p in enumerate(params):
-        if type(p) is not np.ndarray:
-            raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(p).__name__}")
-        n = p.size
-        sizes[i] = n
-        K[i, 0] = pk = _kind(p, f"params[{i}]", _PARAM,
-                             "compact params are float32, bfloat16 or float16", n, True)
-        gk = _kind(grads[i], f"grads[{i}]", _GRAD, "grads are float32 or the param's dtype",
-                   n, False)
-        if gk != F32 and gk != pk:
+    like = "as params[{i}]"
+    K[:, 0] = pk = _kinds(params, "params", _PARAM,
+                          "compact params are float32, bfloat16 or float16", sizes, True, like)
+    K[:, 1] = gk = _kinds(grads, "grads", _GRAD, "grads are float32 or the param's dtype",
+                          sizes, False, like)
+    for i in range(na):
+        if gk[i] != F32 and gk[i] != pk[i]:
             raise TypeError(f"grads[{i}] has dtype {grads[i].dtype}; grads are float32 or "
-                            f"the param's dtype ({p.dtype})")
-        K[i, 1] = gk
-        cols[0].append((i, p))
-        cols[1].append((i, grads[i]))
-        m = masters[i]
-        if m is not None:
-            K[i, 2] = _kind(m, f"masters[{i}]", _MASTER,
-                            "a master is float32 (or int16: the remainder of a bfloat16 param)",
-                            n, True)
-            if K[i, 2] == REM and pk != BF16:
+                            f"the param's dtype ({params[i].dtype})")
+    T[:, 0], T[:, 1] = data_addresses(params), data_addresses(grads)
+    masters = _absent_or_list(masters, "masters", na, "(arrays or None), one per param")
+    rows = [i for i, m in enumerate(masters or []) if m is not None]
+    if rows:
+        ms = [masters[i] for i in rows]
+        K[rows, 2] = mk = _kinds(ms, "masters", _MASTER, "a master is float32 (or int16: the "
+                                 "remainder of a bfloat16 param)", [sizes[i] for i in rows],
+                                 True, like, rows)
+        for i, kind in zip(rows, mk):
+            if kind == REM and pk[i] != BF16:
                 raise TypeError(f"masters[{i}] is an int16 remainder but params[{i}] has dtype "
-                                f"{p.dtype}; a remainder completes a bfloat16 param")
-            cols[2].append((i, m))
-        for j in range(ns):
-            s = st[j][i]
-            K[i, 3 + j] = sk = _kind(s, f"states[{j}][{i}]", _STATE,
-                                     "state is float32, bfloat16, int8 or uint8 codes", n, True)
-            cols[3 + j].append((i, s))
-            if sk in (I8, U8):
-                ab = absmax[j] if absmax else None
-                if not isinstance(ab, (list, tuple)) or len(ab) != na:
-                    raise ValueError(f"absmax[{j}] must be a list of {na} arrays: "
-                                     f"states[{j}][{i}] holds 8-bit codes")
-                _kind(ab[i], f"absmax[{j}][{i}]", (F32,), "absmax is float32",
-                      P.nblocks(n), True)
-                cols[5 + j].append((i, ab[i]))
-    for col, pairs in enumerate(cols):
-        if pairs:
-            rows, arrays = zip(*pairs)
-            T[list(rows), col] = data_addresses(list(arrays))
-    return T, K, sizes
+                                f"{params[i].dtype}; a remainder completes a bfloat16 param")
+        T[rows, 2] = data_addresses(ms)
+    for j, st in enumerate(states):
+        K[:, 3 + j] = sk = _kinds(st, f"states[{j}]", _STATE,
+                                  "state is float32, bfloat16, int8 or uint8 codes", sizes, True,
+                                  like)
+        T[:, 3 + j] = data_addresses(st)
+        rows = [i for i in range(na) if sk[i] == I8 or sk[i] == U8]
+        if rows:
+            ab = absmax[j] if absmax else None
+            if not isinstance(ab, (list, tuple)) or len(ab) != na:
+                raise ValueError(f"absmax[{j}] must be a list of {na} arrays: "
+                                 f"states[{j}][{rows[0]}] holds 8-bit codes")
+            ab = [ab[i] for i in rows]
+            _kinds(ab, f"absmax[{j}]", (F32,), "absmax is float32",
+                   [P.nblocks(sizes[i]) for i in rows], True,
+                   f"one per {BLOCK} elements of params[{{i}}]", rows)
+            T[rows, 5 + j] = data_addresses(ab)
+    return T, K, np.array(sizes, np.int64)
 
 
 def compact_update(rule, params, grads, masters, states, absmax, k, sr):
