@@ -9,6 +9,7 @@ void bind_optim(py::module_& m);
 void bind_stream(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_halton(py::module_& m);
+void bind_compact(py::module_& m);
 }  // namespace fastopt
 
 namespace py = pybind11;
@@ -111,4 +112,5 @@ PYBIND11_MODULE(_C, m) {
   fastopt::bind_stream(m);
   fastopt::bind_norm(m);
   fastopt::bind_halton(m);
+  fastopt::bind_compact(m);
 }

@@ -214,11 +214,12 @@ def _quantise_magnitude(a, emin):
 
 
 def block_absmax(x):
-    """Per block of QBLOCK: max |x|, NaN if the block holds a NaN."""
+    """Per block of QBLOCK: max |x|; the canonical NaN (0x7FC00000) if the block holds a NaN."""
     x = np.asarray(x, F32)
     pad = (-x.size) % QBLOCK
     b = np.abs(np.concatenate([x, np.zeros(pad, F32)])).reshape(-1, QBLOCK)
-    return b.max(axis=1).astype(F32)  # np.max propagates NaN
+    m = b.max(axis=1).astype(F32)  # np.max propagates some NaN: which one, it does not say
+    return np.where(np.isnan(m), np.float32(np.nan), m).astype(F32)
 
 
 def quantise(x, codes_dtype):

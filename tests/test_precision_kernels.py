@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -139,3 +140,358 @@ def test_reference_compact_step_changes_something():
     P.compact_update("adam", params, grads[0], masters, states, absmax, k)
     after = _snapshot(params, masters, states, absmax)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+# -- every C++ instruction-set path and thread count: the reference's bytes ----------------------
+
+def _combine(rule, configs, sizes, seed):
+    """One call's arrays, the storage configurations mixed array by array (every param, grad,
+    master and state kind side by side in one native call)."""
+    params, grads, masters, states, absmax = [], [[], [], []], [], None, None
+    for c, config in enumerate(configs):
+        p, g, m, s, a = make(rule, config, sizes, seed=seed + c)
+        params += p
+        for t in range(3):
+            grads[t] += g[t]
+        masters += m if m is not None else [None] * len(p)
+        states = s if states is None else [x + y for x, y in zip(states, s)]
+        absmax = a if absmax is None else [x + y for x, y in zip(absmax, a)]
+    return params, grads, masters, states, absmax
+
+
+def _digest(arrays):
+    import hashlib
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
+
+
+#: chunk (32768) and block (256) boundaries inside arrays, ragged ends, a one-element array
+MIXED_SIZES = (3 * 32768 + 5, 4097, 255, 1)
+
+
+def mixed_digest(backend, rule="adam"):
+    """Three stochastic steps over every configuration of CONFIGS in one call; the stream's
+    seed, step and ids use their high 32 bits (an id >= 2^32 keys with its low 32 bits)."""
+    params, grads, masters, states, absmax = _combine(rule, CONFIGS, MIXED_SIZES, seed=7)
+    hyper = DB[rule].hyper(DB[rule].rows[-1])
+    ids = [(1 << 32) + i if i % 4 == 0 else 5 + 3 * i for i in range(len(params))]
+    for t in range(3):
+        k = F.scalars(rule, lr=1e-2 / (1 + t), step=t, **hyper)
+        _impl(backend)(rule, params, grads[t], masters, states, absmax, k,
+                       ((1 << 63) + 99, (1 << 33) + t, ids))
+    return _digest(_snapshot(params, [m for m in masters if m is not None], states, absmax))
+
+
+def _edge_values(rng, n, nans):
+    """float32 values at every rounding edge of bf16, fp16 and the 8-bit maps: signed zeros,
+    float32 and float16 subnormals, float16's overflow threshold, ties, the largest floats,
+    infinities, NaNs, and log-uniform values over the whole exponent range."""
+    f32 = np.float32
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 3e-39, -1.17e-38, 2.0 ** -24, 2.0 ** -25,
+                        -2.0 ** -25, 3 * 2.0 ** -26, 2.0 ** -14, 2.0 ** -14 - 2.0 ** -25,
+                        2.0 ** -15 + 2.0 ** -25, 65504.0, 65519.0, 65520.0, -65520.0, 65536.0,
+                        1e5, 3.3e38, 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8),
+                        1 - 2.0 ** -9, 1.0, -1.0, np.inf, -np.inf], f32)
+    bits = np.array([0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000,
+                     0x00008000, 0x80018000, 0x477FEFFF, 0x477FF000, 0x387FFFFF, 0x38800000,
+                     0x33800000, 0x33000001, 0x337FFFFF], np.uint32).view(f32)
+    logu = (rng.choice([-1.0, 1.0], n) * 2.0 ** rng.uniform(-149, 127.99, n)).astype(f32)
+    x = np.concatenate([special, bits, np.array(nans, np.uint32).view(f32), logu])
+    return x[rng.permutation(x.size)]
+
+
+def _blocks_8bit(rng):
+    """Blocks of 256 at the 8-bit edges: a NaN, an inf, all zeros, float32 subnormals only, a
+    2^60 dynamic range (the maps' subnormal codes), -inf, the ties between map entries of both
+    maps (absmax 1); then a ragged block."""
+    f32 = np.float32
+    blocks = [rng.standard_normal(256).astype(f32) for _ in range(7)]
+    blocks[0][17] = np.nan
+    blocks[1][200] = np.inf
+    blocks[2][:] = 0.0
+    blocks[2][::3] = -0.0
+    blocks[3] = (rng.uniform(-1, 1, 256) * 1e-39).astype(f32)
+    blocks[4] = (rng.choice([-1.0, 1.0], 256) * 2.0 ** rng.uniform(-60, 0, 256)).astype(f32)
+    blocks[5][3] = -np.inf
+    ties = [(1 + (2 * f + 1) / 16) * 2.0 ** e for e in range(-29, 0) for f in range(8)]
+    ties += [(j + 0.5) * 2.0 ** -17 for j in range(8)] + [(j + 0.5) * 2.0 ** -33 for j in range(8)]
+    blocks[6][:len(ties) + 1] = np.array([1.0] + ties) * rng.choice([-1.0, 1.0], len(ties) + 1)
+    ragged = (rng.choice([-1.0, 1.0], 100) * 2.0 ** rng.uniform(-40, 10, 100)).astype(f32)
+    ragged[:4] = [0.0, -0.0, 1e-40, -3e-42]
+    return np.concatenate(blocks + [ragged])
+
+
+def edge_digest(backend):
+    """Edge values through every store: SGD with lr = 1 from zero params stores -g (to bf16
+    and fp16 params, nearest and stochastic, to a remainder pair and beside a master); momentum
+    0 with lr 0 stores v = g (to bf16 state, stochastic, and 8-bit codes)."""
+    rng = np.random.default_rng(21)
+    fn = _impl(backend)
+    out = []
+    g = _edge_values(rng, 3000, [0x7FC00000, 0xFFC00000, 0x7FC00123, 0x7F800001, 0xFFFFFFFF])
+    n = g.size
+    k = F.scalars("sgd", lr=1.0, step=0)
+    for sr in (None, (2 ** 64 - 1, 0, [0, 1, 2, 3, 4])):
+        params = [np.zeros(n, np.float16), np.zeros(n, BF16), np.zeros(n, BF16),
+                  np.zeros(n, np.float16), np.zeros(n, BF16)]
+        masters = [None, None, np.zeros(n, np.int16), np.zeros(n, np.float32),
+                   np.zeros(n, np.float32)]
+        fn("sgd", params, [g] * 5, masters, [], [], k, sr)
+        out += params + masters[2:]
+    g8 = _blocks_8bit(rng)
+    n = g8.size
+    k = F.scalars("momentum", lr=1.0, step=0)._replace(lr=0.0, momentum=0.0)
+    params = [np.zeros(n, np.float32) for _ in range(3)]
+    states = [[np.zeros(n, BF16), np.zeros(n, np.int8), np.zeros(n, np.uint8)]]
+    absmax = [[np.zeros(0, np.float32)] + [np.zeros(P.nblocks(n), np.float32)] * 2]
+    absmax[0][2] = absmax[0][2].copy()
+    fn("momentum", params, [g8] * 3, None, states, absmax, k, (5, 6, [7, 8, 9]))
+    out += params + states[0] + absmax[0]
+    return _digest(_bits(a) for a in out)
+
+
+def _cpp_or_skip():
+    from fastopt import _dispatch
+    reason = _dispatch.unavailable_reason("cpp")
+    if reason:
+        pytest.skip(reason)
+
+
+def sweep_digest(backend):
+    """Every float16 widened (SGD, lr = 1, from zero float32 params: p = -g), and every float16
+    and bfloat16 midpoint with its float32 neighbours rounded to nearest and stochastically
+    (p = -g from zero 16-bit params), through the kernels' own conversion loops."""
+    out = []
+    h = np.arange(1 << 16, dtype=np.uint16)
+    k = F.scalars("sgd", lr=1.0, step=0)
+    fn = _impl(backend)
+    params = [np.zeros(h.size, np.float32)]
+    fn("sgd", params, [h.view(np.float16)], None, [], [], k, None)
+    out += params
+    for dt, widen in ((np.float16, P.f16_widen), (BF16, P.bf16_widen)):
+        v = widen(h)
+        v = np.sort(v[np.isfinite(v)].astype(np.float64))
+        mid = ((v[:-1] + v[1:]) / 2).astype(np.float32)  # exact: the ties
+        x = np.concatenate([mid, np.nextafter(mid, np.float32(np.inf)),
+                            np.nextafter(mid, np.float32(-np.inf))])
+        for sr in (None, (11, 12, [13])):
+            params = [np.zeros(x.size, dt)]
+            fn("sgd", params, [-x], None, [], [], k, sr)
+            out += params
+    return _digest(_bits(a) for a in out)
+
+
+def test_cpp_edge_values_match_reference_bit_for_bit():
+    _cpp_or_skip()
+    with np.errstate(all="ignore"):
+        assert edge_digest("cpp") == edge_digest("numpy")
+        assert sweep_digest("cpp") == sweep_digest("numpy")
+
+
+_LEVEL_SCRIPT = "import json; from fastopt import _C; print(json.dumps(_C.simd_level()))"
+_PATHS_SCRIPT = """
+import json, numpy as np
+from fastopt import _C
+import test_precision_kernels as T
+with np.errstate(all="ignore"):
+    print(json.dumps([_C.simd_level(), _C.num_threads(), T.mixed_digest("cpp"),
+                      T.edge_digest("cpp"), T.sweep_digest("cpp")]))
+"""
+
+
+def _in_subprocess(script, **env):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import fastopt_env, fastopt_parent
+    here = str(Path(__file__).resolve().parent)
+    env = fastopt_env(**env)
+    env["PYTHONPATH"] = os.pathsep.join([here, env["PYTHONPATH"]])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=fastopt_parent())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_cpp_every_simd_path_and_thread_count_gives_the_reference_bytes():
+    """FASTOPT_SIMD caps the instruction set (a cap above the CPU's gives the CPU's); every
+    path and thread count must write the NumPy reference's bytes, on a multi-array call mixing
+    every storage kind over chunk boundaries and on the edge values."""
+    _cpp_or_skip()
+    with np.errstate(all="ignore"):
+        want = [mixed_digest("numpy"), edge_digest("numpy"), sweep_digest("numpy")]
+    native = _in_subprocess(_LEVEL_SCRIPT, FASTOPT_SIMD="")  # this process may run capped
+    rank = ["baseline", "avx2", "avx512"]
+    for simd in rank:
+        for threads in (1, 2):
+            level, nthreads, *got = _in_subprocess(_PATHS_SCRIPT, FASTOPT_SIMD=simd,
+                                                   OMP_NUM_THREADS=str(threads))
+            assert level == rank[min(rank.index(simd), rank.index(native))], (simd, level)
+            assert nthreads == threads
+            assert got == want, (simd, threads)
+
+
+def test_cpp_simd_level_honours_fastopt_simd():
+    _cpp_or_skip()
+    script = _LEVEL_SCRIPT
+    native = _in_subprocess(script, FASTOPT_SIMD="")
+    assert native in ("baseline", "avx2", "avx512")
+    assert _in_subprocess(script, FASTOPT_SIMD="baseline") == "baseline"
+    assert _in_subprocess(script, FASTOPT_SIMD="avx2") == ("baseline" if native == "baseline"
+                                                         else "avx2")
+    assert _in_subprocess(script, FASTOPT_SIMD="avx512") == native
+    assert _in_subprocess(script, FASTOPT_SIMD="no-such-level") == native  # unknown: no cap
+
+
+# -- the C++ boundary trusts nothing --------------------------------------------------------------
+
+def _native_args(n=1000):
+    """A valid direct call of fastopt._C.compact_update (adam: bf16 param + remainder, f32 grad,
+    int8 m, uint8 v), as keyword arguments."""
+    from fastopt import _cpp
+    return dict(kernel="adam", params=[np.ones(n, BF16).view(np.uint16)], param_kinds=[_cpp._BF16],
+                grads=[np.ones(n, np.float32)], grad_kinds=[_cpp._F32],
+                masters=[np.zeros(n, np.int16)], master_kinds=[_cpp._I16],
+                states=[[np.zeros(n, np.int8)], [np.zeros(n, np.uint8)]],
+                state_kinds=[[_cpp._I8], [_cpp._U8]],
+                absmax=[[np.ones(4, np.float32)], [np.ones(4, np.float32)]],
+                scalars=list(F.scalars("adam", lr=1e-3, step=0)), sr=None)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+_shared = np.zeros(2000, np.int16)
+#: name -> edit of the valid arguments; every one must be refused, writing nothing
+NATIVE_CASES = {
+    "float64 grad": lambda a: a.update(grads=[np.ones(1000)]),
+    "short grad": lambda a: a.update(grads=[np.ones(999, np.float32)]),
+    "strided grad": lambda a: a.update(grads=[np.ones(2000, np.float32)[::2]]),
+    "read-only param": lambda a: a.update(params=[_read_only(a["params"][0])]),
+    "float16 array declared bfloat16": lambda a: a.update(params=[np.ones(1000, np.float16)]),
+    "big-endian bits": lambda a: a.update(params=[a["params"][0].astype(">u2")]),
+    "remainder beside a float16 param": lambda a: a.update(param_kinds=[2]),
+    "array where no master is declared": lambda a: a.update(master_kinds=[6]),
+    "int8 codes declared uint8": lambda a: a.update(state_kinds=[[5], [5]]),
+    "float16 state": lambda a: a.update(state_kinds=[[2], [5]]),
+    "unknown kind": lambda a: a.update(grad_kinds=[99]),
+    "kinds missing": lambda a: a.update(param_kinds=[]),
+    "a state list missing": lambda a: a.update(states=a["states"][:1], state_kinds=[[4]]),
+    "short absmax": lambda a: a.update(absmax=[[np.ones(3, np.float32)], a["absmax"][1]]),
+    "float64 absmax": lambda a: a.update(absmax=[[np.ones(4)], a["absmax"][1]]),
+    "read-only absmax": lambda a: a.update(absmax=[[_read_only(a["absmax"][0][0])],
+                                                   a["absmax"][1]]),
+    "no absmax for codes": lambda a: a.update(absmax=[]),
+    "param is its remainder": lambda a: a.update(params=[_shared[:1000].view(np.uint16)],
+                                                 masters=[_shared[:1000]]),
+    "remainder overlaps a state": lambda a: a.update(
+        masters=[_shared[400:1400]], states=[[_shared[:500].view(np.int8)], a["states"][1]]),
+    "absmax inside the codes": lambda a: a.update(
+        absmax=[[a["states"][0][0][16:32].view(np.float32)], a["absmax"][1]]),
+    "negative seed": lambda a: a.update(sr=(-1, 0, [0])),
+    "seed 2^64": lambda a: a.update(sr=(1 << 64, 0, [0])),
+    "negative id": lambda a: a.update(sr=(1, 0, [-3])),
+    "ids missing": lambda a: a.update(sr=(1, 0, [])),
+    "sr not a tuple": lambda a: a.update(sr=[1, 0, [0]]),
+    "wrong number of scalars": lambda a: a.update(scalars=a["scalars"][:-1]),
+    "unknown kernel": lambda a: a.update(kernel="nope"),
+}
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES)
+def test_cpp_compact_kernel_refuses_and_writes_nothing(case):
+    _cpp_or_skip()
+    from fastopt import _C
+    args = _native_args()
+    NATIVE_CASES[case](args)
+    arrays = [x for key in ("params", "masters", "grads") for x in args[key]]
+    arrays += [x for lst in args["states"] + args["absmax"] for x in lst]
+    before = [np.array(x, copy=True) for x in arrays]
+    with pytest.raises((TypeError, ValueError)):
+        _C.compact_update(**args)
+    assert all(np.array_equal(b, x, equal_nan=True) for b, x in zip(before, arrays))
+    _C.compact_update(**_native_args())  # and the valid call goes through
+
+
+# -- the numba backend: thread counts, and its float16 recipes for CPUs without F16C ------------
+
+def _numba_or_skip():
+    from fastopt import _dispatch
+    reason = _dispatch.unavailable_reason("numba")
+    if reason:
+        pytest.skip(reason)
+
+
+_NUMBA_SCRIPT = """
+import json, numba, numpy as np
+import test_precision_kernels as T
+with np.errstate(all="ignore"):
+    print(json.dumps([numba.get_num_threads(), T.mixed_digest("numba"), T.edge_digest("numba")]))
+"""
+
+
+@pytest.mark.slow
+def test_numba_thread_count_gives_the_reference_bytes():
+    """NUMBA_NUM_THREADS 1 and 2 write the NumPy reference's bytes: the mixed call is large
+    enough for the parallel kernel (chunks shared over threads), the edge calls run the serial
+    one."""
+    _numba_or_skip()
+    with np.errstate(all="ignore"):
+        want = [mixed_digest("numpy"), edge_digest("numpy")]
+    for threads in (1, 2):
+        nthreads, *got = _in_subprocess(_NUMBA_SCRIPT, NUMBA_NUM_THREADS=str(threads))
+        assert nthreads == threads
+        assert got == want, threads
+
+
+def test_numba_float16_integer_recipes_match_reference():
+    """Where the compiled code may not use F16C the numba kernel converts float16 with integer
+    recipes (fastopt._numba.compact's _f16_widen_bits, _f16_rn_bits), which this machine's
+    kernel may never run: they must give the reference's bits for every float16, and for every
+    float16 midpoint, its float32 neighbours and the edge values."""
+    _numba_or_skip()
+    from numba import njit
+
+    from fastopt._numba import compact as C
+
+    @njit
+    def convert(h, x, wide, narrow):
+        for i in range(h.size):
+            wide[i] = C._f16_widen_bits(h[i])
+        for i in range(x.size):
+            narrow[i] = C._f16_rn_bits(x[i])
+
+    h = np.arange(1 << 16, dtype=np.uint16)
+    v = P.f16_widen(h[(h & 0x7C00) != 0x7C00]).astype(np.float64)  # the finite ones
+    v.sort()
+    mid = ((v[:-1] + v[1:]) / 2).astype(np.float32)  # exact in float32: the ties
+    x = np.concatenate([mid, np.nextafter(mid, np.float32(np.inf)),
+                        np.nextafter(mid, np.float32(-np.inf)),
+                        _edge_values(np.random.default_rng(5), 200000,
+                                     [0x7FC00000, 0xFFC00001, 0x7F800001, 0xFFFFFFFF])])
+    wide, narrow = np.empty(h.size, np.float32), np.empty(x.size, np.uint16)
+    convert(h, x, wide, narrow)
+    assert np.array_equal(wide.view(np.uint32), P.f16_widen(h).view(np.uint32))
+    with np.errstate(all="ignore"):
+        assert np.array_equal(narrow, P.f16_nearest(x))
+
+
+# -- a NaN in an 8-bit block: every backend stores the canonical NaN as its absmax ---------------
+
+@pytest.mark.parametrize("backend", ["numpy", "cpp", "numba"])
+def test_nan_payload_in_a_block_gives_the_canonical_absmax(backend):
+    config = (BF16, np.float32, False, "int8", False)
+    params, grads, masters, states, absmax = make("lion", config, (5000,))
+    g = grads[0][0]
+    g.view(np.uint32)[300] = 0x7FC01234  # a NaN with a payload, in block 1
+    g.view(np.uint32)[3000] = 0xFFC00777  # and a negative one, in block 11
+    k = F.scalars("lion", lr=1e-3, step=0)
+    _impl(backend)("lion", params, grads[0], masters, states, absmax, k, None)
+    am = absmax[0][0].view(np.uint32)
+    assert am[1] == 0x7FC00000 and am[11] == 0x7FC00000
+    assert np.isfinite(absmax[0][0][[0, 2, 10, 12]]).all()

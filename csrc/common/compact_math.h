@@ -38,7 +38,9 @@ FO_HD FO_INLINE float u2f(uint32_t u) {
   return f;
 #endif
 }
-FO_HD FO_INLINE bool nan_bits(uint32_t M) { return (M & 0x7FFFFFFFu) > 0x7F800000u; }
+// |x|'s bits, as int32 (they are < 2^31): NaN is > 0x7F800000, inf == it, finite < it.
+FO_HD FO_INLINE int32_t abs_i(uint32_t M) { return int32_t(M & 0x7FFFFFFFu); }
+FO_HD FO_INLINE bool nan_bits(uint32_t M) { return abs_i(M) > 0x7F800000; }
 
 // -- the random stream ----------------------------------------------------------------------------
 
@@ -70,16 +72,26 @@ FO_HD FO_INLINE uint32_t stream_key(uint64_t seed, uint64_t step, uint32_t array
 
 FO_HD FO_INLINE uint32_t bf16_nan(uint32_t M) { return ((M >> 16) & 0x8000u) | 0x7FC0u; }
 
-// Nearest-even: add 0x7FFF plus the kept part's lowest bit, drop 16 bits. Only a NaN can carry
-// out of 32 bits, and a NaN takes the canonical 0x7FC0 with its sign instead.
+// The roundings on the bits of a non-NaN x (a NaN may carry out of 32 bits or round to inf;
+// the full forms below give it the canonical 0x7FC0 with its sign instead):
+// nearest-even adds 0x7FFF plus the kept part's lowest bit and drops 16 bits; stochastic adds
+// the word's low 16 bits (up, in magnitude, with probability dropped / 2^16); the remainder
+// split's param rounds to nearest, ties away (+0x8000).
+FO_HD FO_INLINE uint32_t bf16_nearest_bits(uint32_t M) {
+  return (M + 0x7FFFu + ((M >> 16) & 1u)) >> 16;
+}
+FO_HD FO_INLINE uint32_t bf16_stochastic_bits(uint32_t M, uint32_t r) {
+  return (M + (r & 0xFFFFu)) >> 16;
+}
+FO_HD FO_INLINE uint32_t remainder_hi_bits(uint32_t M) { return (M + 0x8000u) >> 16; }
+
 FO_HD FO_INLINE uint16_t bf16_nearest(float x) {
   const uint32_t M = f2u(x);
-  return uint16_t(nan_bits(M) ? bf16_nan(M) : (M + 0x7FFFu + ((M >> 16) & 1u)) >> 16);
+  return uint16_t(nan_bits(M) ? bf16_nan(M) : bf16_nearest_bits(M));
 }
-// Stochastic: up (in magnitude) with probability (dropped 16 bits) / 2^16.
 FO_HD FO_INLINE uint16_t bf16_stochastic(float x, uint32_t r) {
   const uint32_t M = f2u(x);
-  return uint16_t(nan_bits(M) ? bf16_nan(M) : (M + (r & 0xFFFFu)) >> 16);
+  return uint16_t(nan_bits(M) ? bf16_nan(M) : bf16_stochastic_bits(M, r));
 }
 FO_HD FO_INLINE float bf16_widen(uint16_t h) { return u2f(uint32_t(h) << 16); }
 
@@ -88,7 +100,7 @@ FO_HD FO_INLINE float bf16_widen(uint16_t h) { return u2f(uint32_t(h) << 16); }
 // says one happened), so join(split(M)) == M for every non-NaN M.
 FO_HD FO_INLINE void remainder_split(float x, uint16_t& hi, int16_t& rem) {
   const uint32_t M = f2u(x);
-  hi = uint16_t(nan_bits(M) ? bf16_nan(M) : (M + 0x8000u) >> 16);
+  hi = uint16_t(nan_bits(M) ? bf16_nan(M) : remainder_hi_bits(M));
   rem = int16_t(uint16_t(M));
 }
 FO_HD FO_INLINE float remainder_join(uint16_t hi, int16_t rem) {
@@ -104,12 +116,13 @@ FO_HD FO_INLINE float remainder_join(uint16_t hi, int16_t rem) {
 // |x| < 2^-14: x + 0.5f rounds (once, nearest-even) to a multiple of 2^-24, 0.5's float32 ulp
 // and float16's subnormal spacing, so the low bits of the sum are the subnormal's bits.
 FO_HD FO_INLINE uint16_t f16_nearest(float x) {
-  const uint32_t M = f2u(x), a = M & 0x7FFFFFFFu;
-  const uint32_t normal = (a - 0x38000000u + 0xFFFu + ((a >> 13) & 1u)) >> 13;
-  const uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3F000000u;
-  uint32_t h = a < 0x38800000u ? sub : normal;
-  h = a >= 0x47800000u ? 0x7C00u : h;  // |x| >= 2^16: inf
-  h = a > 0x7F800000u ? 0x7E00u : h;
+  const uint32_t M = f2u(x);
+  const int32_t a = abs_i(M);
+  const uint32_t normal = (uint32_t(a) - 0x38000000u + 0xFFFu + ((uint32_t(a) >> 13) & 1u)) >> 13;
+  const uint32_t sub = f2u(u2f(uint32_t(a)) + 0.5f) - 0x3F000000u;
+  uint32_t h = a < 0x38800000 ? sub : normal;
+  h = a >= 0x47800000 ? 0x7C00u : h;  // |x| >= 2^16: inf
+  h = a > 0x7F800000 ? 0x7E00u : h;
   return uint16_t(h | ((M >> 16) & 0x8000u));
 }
 
@@ -129,20 +142,20 @@ FO_HD FO_INLINE float f16_widen(uint16_t h) {
 // up to (floor(q) + 1) u iff (r & 0xFFFF) < frac(q) 2^16, else floor(q) u; x's sign.
 FO_HD FO_INLINE float f16_stochastic_value(float x, uint32_t r) {
   const uint32_t M = f2u(x), A = M & 0x7FFFFFFFu;
-  const bool finite = A < 0x7F800000u;
   const int32_t e = int32_t(A >> 23) - 127;
   const int32_t ue = (e > -14 ? e : -14) - 10;
   const float inv = u2f(uint32_t(127 - ue) << 23), u = u2f(uint32_t(127 + ue) << 23);
-  const float q = finite ? u2f(A) * inv : 0.0f;  // finite: no int conversion of inf/NaN
-  const float fl = float(int32_t(q));             // floor, as q >= 0
+  const float q0 = u2f(A) * inv;
+  const float q = q0 < 2048.0f ? q0 : 0.0f;  // inf, NaN -> 0 (no int conversion of them)
+  const float fl = float(int32_t(q));        // floor, as q >= 0
   const float frac = q - fl;
-  const bool up = float(int32_t(r & 0xFFFFu)) < frac * 65536.0f;
-  const float mag = (fl + (up ? 1.0f : 0.0f)) * u;
+  const float up = float(float(int32_t(r & 0xFFFFu)) < frac * 65536.0f);
+  const float mag = (fl + up) * u;
   return u2f(f2u(mag) | (M & 0x80000000u));
 }
 // Stochastic float16 rounding; inf and NaN as f16_nearest.
 FO_HD FO_INLINE uint16_t f16_stochastic(float x, uint32_t r) {
-  const bool finite = (f2u(x) & 0x7FFFFFFFu) < 0x7F800000u;
+  const bool finite = abs_i(f2u(x)) < 0x7F800000;
   return f16_nearest(finite ? f16_stochastic_value(x, r) : x);
 }
 
@@ -169,7 +182,7 @@ FO_HD FO_INLINE float code_value(uint8_t byte) {
 // in float32), above it a's float32 bits rounded to 3 mantissa bits (nearest-even, as in
 // bf16_nearest) and rebased. Signed codes take x's sign; an unsigned code of a nonzero a is >= 1.
 template <bool Signed>
-FO_HD FO_INLINE uint8_t quantise_code(float x, float scale) {
+FO_HD FO_INLINE int32_t quantise_code_i32(float x, float scale) {  // the code as an int32
   constexpr int emin = Signed ? kEminSigned : kEminUnsigned;
   const uint32_t X = f2u(x);
   float a = u2f(X & 0x7FFFFFFFu) / scale;
@@ -180,8 +193,12 @@ FO_HD FO_INLINE uint8_t quantise_code(float x, float scale) {
   const int32_t R = int32_t((A + ((1u << (22 - kMapMant)) - 1u) + ((A >> (23 - kMapMant)) & 1u)) >>
                             (23 - kMapMant)) - ((127 + emin - 1) << kMapMant);
   const int32_t m = a < (Signed ? 0x1p-14f : 0x1p-30f) ? k : R;
-  if (Signed) return uint8_t(int8_t((X >> 31) ? -m : m));
-  return uint8_t(a > 0.0f && m < 1 ? 1 : m);
+  if (Signed) return (X >> 31) ? -m : m;
+  return m > int32_t(a > 0.0f) ? m : int32_t(a > 0.0f);  // m >= 0: max(m, a > 0)
+}
+template <bool Signed>
+FO_HD FO_INLINE uint8_t quantise_code(float x, float scale) {
+  return uint8_t(quantise_code_i32<Signed>(x, scale));
 }
 
 // Block absmax on the bits: for non-negative floats, integer order is float order, and a NaN's

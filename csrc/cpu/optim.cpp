@@ -38,8 +38,11 @@ template <class R, class T>
 FO_TARGET_AVX2 void update_avx2(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
   update_loop<R, T>(p, g, s1, s2, n, k);
 }
+// AVX-512: the same loop on 512-bit vectors; only correctly rounded operations and no
+// contraction (-ffp-contract=off), so the bits equal the other paths'.
 template <class R, class T>
-FO_TARGET_AVX512 void update_avx512(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
+FO_TARGET_AVX512 void update_avx512(T* p, const T* g, T* s1, T* s2, int64_t n,
+                                    const OptimCoef<T>& k) {
   update_loop<R, T>(p, g, s1, s2, n, k);
 }
 template <class R, class T>

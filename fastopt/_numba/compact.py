@@ -309,8 +309,8 @@ def _load(dst, addr, kind, e0, m, am_addr):
 @njit(**JIT)
 def _quantise(src, j0, addr, kind, e0, m, am_addr):
     """P.quantise of the block src[j0:j0+m] (elements e0 .. of its array): absmax = max |x|
-    (the largest |x| bit pattern: the same order for finite values, and a NaN if there is
-    one), then per value a = |x| / absmax to the nearest map magnitude: below 2^emin the
+    (the largest |x| bit pattern: the same order for finite values; 0x7FC00000 if there is a
+    NaN), then per value a = |x| / absmax to the nearest map magnitude: below 2^emin the
     subnormal steps 2^(emin-3) (a 2^(3-emin) < 8, rounded to nearest even by adding 2^23), else
     a's bits rounded to 3 mantissa bits, nearest even, rebased to the map's exponent. Branch
     free, so that it vectorises: signed codes negate as (mag ^ -s) + s, s the sign bit;
@@ -319,7 +319,7 @@ def _quantise(src, j0, addr, kind, e0, m, am_addr):
     big = U(0)
     for i in range(m):
         big = max(big, U(_bits(src[i]) & U(0x7FFFFFFF)))
-    am = _f32(big)
+    am = _f32(big if big <= U(0x7F800000) else U(0x7FC00000))  # a NaN: the canonical one
     carray(_pointer(am_addr + 4 * (e0 // BLOCK), _LF32), 1)[0] = am
     ok = big > U(0) and big < U(0x7F800000)
     scale = am if ok else np.float32(1.0)
