@@ -34,7 +34,8 @@ from ._core import Scalars
 from . import _precision
 from ._validate import (HOST16_DTYPES, as_list, check_float_arrays, check_grads16,
                         check_matching, check_no_overlap, dtype_of, is_device_array, real,
-                        state_dtype, check_step)
+                        check_step)
+from ._validate import state_dtype as _device_state_dtype
 
 __all__ = ["update", "init_state", "scalars", "rules", "hyperparameters"]
 
@@ -97,8 +98,8 @@ def init_state(rule, params, *, master_weights=False, state_dtype="float32", **h
         return {**states, "masters": masters, "absmax": absmax}
     if not opts.default:
         raise ValueError(f"{opts}: compact-precision options run on host (CPU) arrays")
-    return {name: [_device.full_like(p, init, state_dtype(dtype_of(p))) if is_device_array(p)
-                   else np.full_like(p, init) for p in params]
+    return {name: [_device.full_like(p, init, _device_state_dtype(dtype_of(p)))
+                   if is_device_array(p) else np.full_like(p, init) for p in params]
             for name, init in r.initial_values(r.check_hyper(**hyper))}
 
 

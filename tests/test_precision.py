@@ -254,3 +254,27 @@ def test_every_rule_takes_every_option():
         o.step(_grads(ps, 0))
         assert not np.array_equal(before[0], _bits(ps[0])), rule
         assert len(o.state) == len(RULES[rule].state)
+
+
+def test_sharded_optimizer_keeps_compact_state():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fastopt.distributed import ShardedOptimizer
+    ps = _params(np.float32)
+    flat = fastopt.AdamW([p.copy() for p in ps], lr=1e-2, state_dtype="int8",
+                         stochastic_rounding=True)
+    o = ShardedOptimizer(ps, "adamw", MPI.COMM_SELF, lr=1e-2, state_dtype="int8",
+                         stochastic_rounding=True)
+    for t in range(2):
+        o.step(_grads(o.params, t))
+        flat.step(_grads(ps, t))
+    assert o.optimizer.state["m"][0].dtype == np.int8
+    assert o.optimizer.state["v"][0].dtype == np.uint8
+    sd = o.state_dict()
+    assert "precision" in sd and sd["m.0"].dtype == np.int8 and "m_absmax.0" in sd
+    # one flat shard is one array: its blocks differ from the per-array ones, so compare
+    # with float tolerance only (the same update, quantised in other blocks)
+    for a, b in zip(o.params, flat.params):
+        assert np.allclose(a, b, atol=2e-3)
+    with pytest.raises(ValueError, match="master_weights"):
+        ShardedOptimizer([p.copy() for p in ps], "adamw", MPI.COMM_SELF, lr=1e-2,
+                         master_weights=True)
