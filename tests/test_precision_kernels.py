@@ -34,6 +34,9 @@ def _impl(backend):
 CONFIGS = [
     (BF16, BF16, False, "float32", False),
     (BF16, BF16, False, "bfloat16", True),
+    (BF16, BF16, False, "bfloat16", False),
+    (BF16, BF16, "remainder", "bfloat16", False),
+    (BF16, BF16, "remainder", "bfloat16", True),
     (BF16, np.float32, "remainder", "bfloat16", False),
     (BF16, BF16, "remainder", "int8", False),
     (BF16, BF16, False, "int8", True),
@@ -249,6 +252,44 @@ def edge_digest(backend):
     return _digest(_bits(a) for a in out)
 
 
+def bf16_edge_digest(backend):
+    """The all-bfloat16 layout (bf16 params bare or with remainders, bf16 grads and states: the
+    C++ fused loop) at its edges: grads and params holding NaNs with payloads, infinities,
+    subnormals and ties, ragged lengths, two steps of SGD, momentum and Adam, nearest and
+    stochastic. NaN arithmetic runs only where its result is stored canonical (no remainder)."""
+    rng = np.random.default_rng(33)
+    fn = _impl(backend)
+    out = []
+    nan16 = np.array([0x7FC1, 0xFF81, 0x7F81, 0xFFFF, 0x7F80, 0xFF80], np.uint16)
+    for n in (16 * 37 + 5, 4099):
+        g = _edge_values(rng, n - 64, [0x7FC00000, 0xFFC00123]).astype(BF16)
+        g.view(np.uint16)[rng.choice(g.size, nan16.size, replace=False)] = nan16
+        for rule, remainder in (("sgd", False), ("sgd", True), ("momentum", True),
+                                ("momentum", False), ("adam", False)):
+            for sr in (None, (3, 4, [5])):
+                params = [(rng.standard_normal(g.size) * 0.5).astype(BF16)]
+                if not remainder:
+                    params[0].view(np.uint16)[rng.choice(g.size, nan16.size, False)] = nan16
+                masters = [rng.integers(-2 ** 15, 2 ** 15, g.size).astype(np.int16)] \
+                    if remainder else None
+                states = [[np.abs(rng.standard_normal(g.size) * 0.1).astype(BF16)]
+                          for _ in RULES[rule].state_names]
+                absmax = [[np.zeros(0, np.float32)] for _ in states]
+                for t in range(2):
+                    k = F.scalars(rule, lr=0.1, step=t)
+                    fn(rule, params, [g], masters, states, absmax, k, sr)
+                out += params + (masters or []) + [s[0] for s in states]
+    return _digest(_bits(a) for a in out)
+
+
+def test_bf16_edge_values_match_reference_bit_for_bit():
+    _cpp_or_skip()
+    with np.errstate(all="ignore"):
+        want = bf16_edge_digest("numpy")
+        assert bf16_edge_digest("cpp") == want
+        assert bf16_edge_digest("numba") == want
+
+
 def _cpp_or_skip():
     from fastopt import _dispatch
     reason = _dispatch.unavailable_reason("cpp")
@@ -294,7 +335,7 @@ from fastopt import _C
 import test_precision_kernels as T
 with np.errstate(all="ignore"):
     print(json.dumps([_C.simd_level(), _C.num_threads(), T.mixed_digest("cpp"),
-                      T.edge_digest("cpp"), T.sweep_digest("cpp")]))
+                      T.edge_digest("cpp"), T.sweep_digest("cpp"), T.bf16_edge_digest("cpp")]))
 """
 
 
@@ -321,7 +362,8 @@ def test_cpp_every_simd_path_and_thread_count_gives_the_reference_bytes():
     every storage kind over chunk boundaries and on the edge values."""
     _cpp_or_skip()
     with np.errstate(all="ignore"):
-        want = [mixed_digest("numpy"), edge_digest("numpy"), sweep_digest("numpy")]
+        want = [mixed_digest("numpy"), edge_digest("numpy"), sweep_digest("numpy"),
+                bf16_edge_digest("numpy")]
     native = _in_subprocess(_LEVEL_SCRIPT, FASTOPT_SIMD="")  # this process may run capped
     rank = ["baseline", "avx2", "avx512"]
     for simd in rank:

@@ -10,11 +10,16 @@
 // results are rounded back to each array's storage. The storages are switched on per tile at
 // run time; only the rule and the instruction set are template parameters. Each conversion is
 // its own small loop, written so that GCC vectorises it (checked with -fopt-info-vec).
+//
+// The all-bfloat16 layout (bf16 param bare or with its remainder, bf16 grad and states) has a
+// fused AVX2 loop instead (compact_avx2.h), on the AVX2 and AVX-512 paths: one pass, no tile
+// buffers. It gives the tile loops' bits (tests/test_precision_kernels.py runs every path).
 #include <algorithm>
 #include <cstring>
 
 #include "common/compact_math.h"
 #include "common/optim_math.h"
+#include "compact_avx2.h"
 #include "cpu_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -203,10 +208,52 @@ FO_INLINE void apply_tile(float* __restrict x, const float* __restrict g, float*
   }
 }
 
+#if FO_X86
+// Elements [b, e) of one array in the all-bfloat16 layout, on the fused AVX2 loop
+// (compact_avx2.h). `flatten` inlines the rule's V8 operators into the loop.
+template <class R, bool Rem, bool SR>
+FO_TARGET_AVX2_F16C __attribute__((flatten)) void bf16_chunk(const Item& it, int64_t b, int64_t e,
+                                                             const OptimCoef<float>& k,
+                                                             const Stream& sr) {
+  const OptimCoef<avx2::V8> kv = avx2::broadcast(k);
+  avx2::Tile tl{};
+  if (SR)
+    for (int L = 0; L <= R::kStates; ++L)
+      tl.key[L] = stream_key(sr.seed, sr.step, it.id, uint32_t(L), uint32_t(uint64_t(b) >> 32));
+  for (int64_t t = b; t < e; t += kQBlock) {
+    tl.ph = static_cast<uint16_t*>(it.p) + t;
+    tl.rm = Rem ? static_cast<int16_t*>(it.m) + t : nullptr;
+    tl.g = static_cast<const uint16_t*>(it.g) + t;
+    for (int j = 0; j < R::kStates; ++j) tl.s[j] = static_cast<uint16_t*>(it.s[j]) + t;
+    tl.lo = uint32_t(t);
+    avx2::bf16_tile<R, Rem, SR>(tl, int(std::min<int64_t>(kQBlock, e - t)), k, kv);
+  }
+}
+
+// The fused loop when the array's storages are all bfloat16 (param with no master or with its
+// remainder, grad, states); false: the tile loops run instead.
+template <class R>
+bool try_fused(const Item& it, int64_t b, int64_t e, const OptimCoef<float>& k, const Stream& sr) {
+  if (it.pk != kBF16 || it.gk != kBF16 || (it.mk != kNoArray && it.mk != kI16)) return false;
+  for (int j = 0; j < R::kStates; ++j)
+    if (it.sk[j] != kBF16) return false;
+  const bool rem = it.mk == kI16;
+  if (rem)
+    sr.on ? bf16_chunk<R, true, true>(it, b, e, k, sr) : bf16_chunk<R, true, false>(it, b, e, k, sr);
+  else
+    sr.on ? bf16_chunk<R, false, true>(it, b, e, k, sr) : bf16_chunk<R, false, false>(it, b, e, k, sr);
+  return true;
+}
+#endif
+
 // Elements [b, e) of one array (within one chunk).
 template <class R, int Isa>
 FO_INLINE void compact_chunk(const Item& it, int64_t b, int64_t e, const OptimCoef<float>& k,
                              const Stream& sr) {
+#if FO_X86
+  if constexpr (Isa >= kSimdAvx2 && avx2::kFusable<R>)
+    if (try_fused<R>(it, b, e, k, sr)) return;
+#endif
   constexpr int S = R::kStates;
   uint32_t key[1 + 2] = {0, 0, 0};  // lane 0: the param; 1 + j: state buffer j
   if (sr.on)
