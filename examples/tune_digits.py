@@ -9,19 +9,22 @@
    in parallel worker processes; each worker is given only its trial index and computes the
    trial's hyperparameters itself (``search.trial(i)`` depends on the space, seed and i alone).
 2. Every trial has a ``fastopt.GradNormMonitor`` on. The validation error is measured every
-   ``--eval-every`` steps and the best step kept: retrospective checkpoint selection.
-3. The document's checks: is the best trial's learning rate (or another parameter) at the edge
-   of the search space? where in training did its best step fall?
+   ``--eval-every`` steps and appended, with the batch loss and gradient norm, to one shared
+   ``results.jsonl`` by ``search.record`` (safe with many worker processes writing at once).
+3. The document's checks, read back from that file by ``fastopt.study`` and written as the
+   study report (``report/index.html``, the page ``fastopt report`` makes): the best trial by
+   its best step (retrospective checkpoint selection), where in training that step fell, whether
+   the best trials sit at the edge of the search space, "have we sampled enough?", axis,
+   isolation and training-curve plots, and the gradient norms.
 4. The best configuration is trained again with clipping at the 90th percentile of its
    gradient norms (the monitor's ``suggested_threshold``), and once more with a threshold set
    deliberately too low, so that the monitor's "more than half of the steps clipped" warning
    shows.
 
-Writes to ``--out`` (default ``tune_digits_out``): ``trials.csv``, ``val_curves.png`` (the
-validation error of every trial against the step), ``grad_norms.png`` (the best trial's gradient
-norm curve and histogram, from ``GradNormMonitor.plot``) and ``lr_vs_error.png`` (each trial's
-best validation error against its learning rate, over the search space). Needs scikit-learn and
-matplotlib (``pip install 'fastopt[examples]'``).
+Writes to ``--out`` (default ``tune_digits_out``): ``trials.csv``, ``results.jsonl``,
+``report/index.html`` with ``report/findings.json``, and ``grad_norms.png`` (the final clipped
+run's gradient norm curve and histogram, from ``GradNormMonitor.plot``). Needs scikit-learn,
+matplotlib and jinja2 (``pip install 'fastopt[examples]'``).
 """
 from __future__ import annotations
 
@@ -94,9 +97,11 @@ def error_rate(params, x, y) -> float:
 
 # -- one training run -------------------------------------------------------------------------
 
-def train(hp, *, steps, batch=64, eval_every=25, max_grad_norm=None, seed=0, window=100):
+def train(hp, *, steps, batch=64, eval_every=25, max_grad_norm=None, seed=0, window=100,
+          record=None):
     """Train with fastopt.AdamW; returns the validation curve, the best checkpoint, the monitor
-    and any ClippingWarning messages."""
+    and any ClippingWarning messages. ``record(step, metrics)``, if given, is called at every
+    evaluation with the validation error, the last batch's loss and gradient norm."""
     import fastopt
 
     (xtr, ytr), (xva, yva), _ = load_data()
@@ -113,11 +118,14 @@ def train(hp, *, steps, batch=64, eval_every=25, max_grad_norm=None, seed=0, win
         warnings.simplefilter("always", fastopt.ClippingWarning)
         for t in range(steps):
             i = rng.integers(0, len(ytr), batch)
-            _, grads = loss_and_grads(params, xtr[i], ytr[i])
+            loss, grads = loss_and_grads(params, xtr[i], ytr[i])
             opt.step(grads)
             if (t + 1) % eval_every == 0 or t + 1 == steps:
                 err = error_rate(params, xva, yva)
                 curve.append((t + 1, err))
+                if record is not None:
+                    record(t + 1, {"val_error": err, "train_loss": loss,
+                                   "grad_norm": float(monitor.norms[-1])})
                 if err < best[0]:  # retrospective checkpoint selection: keep the best step
                     best = (err, t + 1, [p.copy() for p in params])
     msgs = [str(w.message) for w in caught if issubclass(w.category, fastopt.ClippingWarning)]
@@ -125,95 +133,20 @@ def train(hp, *, steps, batch=64, eval_every=25, max_grad_norm=None, seed=0, win
                 final_err=curve[-1][1], monitor=monitor, warnings=msgs)
 
 
-def run_trial(i, steps, eval_every):
-    """A worker: computes trial i's hyperparameters itself, trains, reports (picklable)."""
+def run_trial(i, steps, eval_every, results_path):
+    """A worker: computes trial i's hyperparameters itself, trains, appends its evaluations to
+    the shared results file (``search.record``: safe with many writers), reports (picklable)."""
     import fastopt
 
-    hp = fastopt.QuasiRandomSearch(SPACE, seed=SEARCH_SEED).trial(i)
+    search = fastopt.QuasiRandomSearch(SPACE, seed=SEARCH_SEED)
+    hp = search.trial(i)
     t0 = time.perf_counter()
-    r = train(hp, steps=steps, eval_every=eval_every, window=min(100, max(10, steps // 5)))
+    r = train(hp, steps=steps, eval_every=eval_every, window=min(100, max(10, steps // 5)),
+              record=lambda step, metrics: search.record(results_path, i, step, metrics))
     mon = r.pop("monitor")
     r.pop("checkpoint")
     return dict(trial=i, hp=hp, seconds=time.perf_counter() - t0, norms=mon.norms,
                 p90=mon.suggested_threshold(90), **r)
-
-
-# -- the document's checks ----------------------------------------------------------------------
-
-def edge_report(best_hp, results, frac=0.1):
-    """Lines saying, for each searched parameter, whether the best trial sits within ``frac``
-    (in log space) of a boundary of the search space, and whether the best few trials do."""
-    lines = []
-    ranked = sorted(results, key=lambda r: r["best_err"])[:max(1, len(results) // 4)]
-    for name, spec in SPACE.items():
-        lo, hi = math.log(spec["min"]), math.log(spec["max"])
-        u = (math.log(best_hp[name]) - lo) / (hi - lo)
-        top = [(math.log(r["hp"][name]) - lo) / (hi - lo) for r in ranked]
-        where = "lower" if u < frac else "upper" if u > 1 - frac else None
-        verdict = (f"AT THE {where.upper()} EDGE of [{spec['min']:g}, {spec['max']:g}]: extend "
-                   "the search space past it and search again") if where else \
-            f"inside [{spec['min']:g}, {spec['max']:g}] (at {u:.0%} of the log range)"
-        lines.append(f"  best {name} = {best_hp[name]:.4g}: {verdict}; the best "
-                     f"{len(ranked)} trials span {min(top):.0%}..{max(top):.0%} of the range")
-    return lines
-
-
-def step_report(best_step, steps):
-    f = best_step / steps
-    if f > 0.9:
-        advice = ("in the last 10% of training: the run may be too short (compute-bound); "
-                  "more steps would probably help")
-    elif f < 0.5:
-        advice = ("before half-way: later steps did not help (overfitting or too high a "
-                  "learning rate late); fewer steps or more regularization")
-    else:
-        advice = "in the second half, before the end: the step budget looks about right"
-    return f"  the best trial's best step is {best_step} of {steps} ({f:.0%}), {advice}"
-
-
-# -- plots ------------------------------------------------------------------------------------
-
-def plot_curves(results, best, path):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), constrained_layout=True)
-    ax = fig.subplots()
-    for r in results:
-        s, e = zip(*r["curve"])
-        is_best = r is best
-        ax.plot(s, e, lw=2.2 if is_best else 0.9, alpha=1 if is_best else 0.6,
-                color="C3" if is_best else None,
-                label=f"best: trial {r['trial']}" if is_best else None)
-        if is_best:
-            ax.plot([r["best_step"]], [r["best_err"]], "k*", ms=12, label="selected checkpoint")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation error")
-    ax.set_title(f"validation error of {len(results)} quasi-random trials (AdamW, digits)")
-    ax.legend()
-    fig.savefig(path, format="png", dpi=100)
-
-
-def plot_lr_scatter(results, best, path):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 5), constrained_layout=True)
-    ax = fig.subplots()
-    lr = np.array([r["hp"]["learning_rate"] for r in results])
-    err = np.array([r["best_err"] for r in results])
-    b1 = np.array([r["hp"]["one_minus_beta1"] for r in results])
-    sc = ax.scatter(lr, err, c=np.log10(b1), cmap="viridis", s=40)
-    ax.plot([best["hp"]["learning_rate"]], [best["best_err"]], "r*", ms=16, label="best trial")
-    for x in (SPACE["learning_rate"]["min"], SPACE["learning_rate"]["max"]):
-        ax.axvline(x, color="k", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("learning rate (dashed: search-space bounds)")
-    ax.set_ylabel("best validation error of the trial")
-    fig.colorbar(sc, ax=ax, label="log10(1 - beta1)")
-    ax.legend()
-    ax.set_title("learning rate vs error over the search space")
-    fig.savefig(path, format="png", dpi=100)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -233,9 +166,13 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker process
     import multiprocessing as mp
 
+    results_path = os.path.join(args.out, "results.jsonl")
+    if os.path.exists(results_path):
+        os.remove(results_path)  # the workers append to it
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
         results = list(pool.map(run_trial, range(args.trials), [args.steps] * args.trials,
-                                [args.eval_every] * args.trials))
+                                [args.eval_every] * args.trials,
+                                [results_path] * args.trials))
     best = min(results, key=lambda r: (r["best_err"], r["trial"]))
 
     print(f"quasi-random search: {args.trials} trials x {args.steps} steps "
@@ -261,11 +198,15 @@ def main(argv=None):
           f"beta1={1 - hp['one_minus_beta1']:.4g}, weight_decay={hp['weight_decay']:.4g}; "
           f"validation error {best['best_err']:.4f} at step {best['best_step']}")
 
-    # 2. the document's checks
-    print("checks:")
-    for line in edge_report(hp, results):
-        print(line)
-    print(step_report(best["best_step"], args.steps))
+    # 2. the document's checks, read back from the results file: the study report
+    from fastopt import report, study
+
+    res = study.load_results(results_path, space=SPACE)
+    findings = study.analyse(res, "val_error", space=SPACE)
+    page = report.write_report(res, findings, os.path.join(args.out, "report"))
+    print("study report (fastopt.study):")
+    for line in findings["findings"]:
+        print(f"  {line}")
 
     # 3. final run: clip at the 90th percentile of the best trial's (unclipped) norms
     import fastopt
@@ -301,10 +242,8 @@ def main(argv=None):
     if not bad["warnings"]:
         print("(no ClippingWarning: the run was shorter than the monitor's window)")
 
-    plot_curves(results, best, os.path.join(args.out, "val_curves.png"))
-    plot_lr_scatter(results, best, os.path.join(args.out, "lr_vs_error.png"))
-    print(f"\nwrote {args.out}/trials.csv, val_curves.png, grad_norms.png, lr_vs_error.png "
-          f"in {time.perf_counter() - t0:.1f} s (fastopt {fastopt.__version__})")
+    print(f"\nwrote {args.out}/trials.csv, results.jsonl, grad_norms.png and the study report "
+          f"{page} in {time.perf_counter() - t0:.1f} s (fastopt {fastopt.__version__})")
     return 0
 
 

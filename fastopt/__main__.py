@@ -3,6 +3,7 @@
   fastopt info                      what runs here: backends (and why not), SIMD, threads, GPUs
   fastopt bench [--quick] ...       check every kernel, then time it against this machine's ceiling
   fastopt search SPACE.json ...     quasi-random search trials for shell and job-array launchers
+  fastopt report RESULTS ...        one HTML page of findings and plots from a study's results
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .search import add_search_command
     add_search_command(sub)
+    from .report import add_report_command
+    add_report_command(sub)
     return parser
 
 

@@ -28,6 +28,11 @@ from ._registry import ALL_BACKENDS, DEVICE_BACKENDS, F64
 from ._validate import integer, real
 from .halton import INDEX_LIMIT, halton, memory_limit
 
+try:  # POSIX: record() locks the file so that concurrent appends never interleave
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: O_APPEND alone
+    fcntl = None
+
 __all__ = ["QuasiRandomSearch", "adam_space", "adam_kwargs"]
 
 _RANGE_KEYS = {"min", "max", "scaling", "type"}
@@ -60,6 +65,9 @@ class QuasiRandomSearch:
     ``scaling`` defaults to ``"linear"`` and ``type`` to ``"float"``. This is the format of the
     MLCommons AlgoPerf ``tuning_search_space.json`` files, which :meth:`from_json` reads as they
     are, including their other form, a list of fixed points (trial ``i`` is then point ``i``).
+
+    :meth:`record` appends a trial's measurements to a JSON Lines results file that many
+    workers may share, which :func:`fastopt.study.load_results` reads back.
 
     Parameters
     ----------
@@ -171,6 +179,61 @@ class QuasiRandomSearch:
                              f"{n * (200 + 108 * self.d) / 2**30:.3g} GiB, more than this "
                              "machine's memory: ask for fewer at a time (start= continues)")
         return [self._map(row) for row in self._host(self.unit(n, start))]
+
+    def record(self, path, trial, step, metrics, *, diverged=False) -> None:
+        """Appends one record of trial ``trial`` at step ``step`` to the JSON Lines file
+        ``path``: ``{"trial", "step", "params": self.trial(trial), "metrics"}``, with
+        ``"diverged": true`` when set.
+
+        ``metrics`` maps names (str) to real numbers; NaN and infinities are written as the
+        strings "nan", "inf", "-inf" so the line stays strict JSON. The file is created if
+        needed and locked (``flock``, where the platform has it) while the whole line is
+        written, so many processes may append at once. Every argument is checked first: a
+        TypeError or ValueError naming it leaves the file untouched.
+        """
+        if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        trial = integer(trial, "trial", lo=0, hi=INDEX_LIMIT - 1)
+        step = integer(step, "step", lo=0)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict of metric name -> number, got "
+                            f"{type(metrics).__name__}")
+        values = {}
+        for name, value in metrics.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"metrics keys must be non-empty strings, got {_short(name)}")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise TypeError(f"metrics[{name!r}] must be a real number, got "
+                                f"{type(value).__name__}")
+            try:
+                v = float(value)
+            except (OverflowError, ValueError, TypeError):
+                raise ValueError(f"metrics[{name!r}] must be a real number within float64 "
+                                 f"range, got {_short(value)}") from None
+            values[name] = v if math.isfinite(v) else ("nan" if v != v else
+                                                      ("inf" if v > 0 else "-inf"))
+        if not isinstance(diverged, (bool, np.bool_)):
+            raise TypeError(f"diverged must be a bool, got {type(diverged).__name__}")
+        rec = {"trial": trial, "step": step, "params": self.trial(trial), "metrics": values}
+        if diverged:
+            rec["diverged"] = True
+        try:
+            data = (json.dumps(rec, allow_nan=False) + "\n").encode()
+        except ValueError as e:
+            raise ValueError(f"trial {trial}'s params cannot be written as JSON ({e})") from None
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def _host(x):

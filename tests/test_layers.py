@@ -29,7 +29,7 @@ LAYERS = (
     ("pipeline", ("fastopt._pipeline",)),
     ("public", ("fastopt.functional", "fastopt.schedules", "fastopt.norm", "fastopt.monitor",
                 "fastopt.optim", "fastopt.halton", "fastopt.search", "fastopt.distributed",
-                "fastopt.torch")),
+                "fastopt.torch", "fastopt.study", "fastopt.report", "fastopt.optuna")),
     ("entry points", ("fastopt", "fastopt.info", "fastopt.bench", "fastopt.__main__")),
 )
 EXTENSIONS = ("fastopt._C", "fastopt._C_cuda")
