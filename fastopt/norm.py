@@ -22,6 +22,12 @@ after each pass and the max (max) after the second, before each decision: NaN an
 through the sums, so every rank takes the same decisions (rescale, clip, skip) and returns the
 same norm. Across ranks the result is within ~1e-15 relative of the single-process norm of the
 concatenated arrays, not bitwise equal: each rank's partial sum follows its own block layout.
+
+With a ``torch.distributed`` process group (``group=``, fastopt/_torchdist.py) the same steps run,
+but each exchange is an all-gather of the ranks' float64 values (with a failure flag), which every
+rank adds itself in group rank order: norm = sqrt(sum over ranks r in rank order of S_r), S_r the
+float64 sum of squares of rank r's arrays. The order is fixed, so the bits are the same on every
+rank and in every run (an all-reduce's summation order is the library's).
 """
 from __future__ import annotations
 
@@ -85,7 +91,7 @@ def _pass(arrays, exp, backend, want_max=False) -> _Partials:
     return _Partials(sumsq, maxabs if want_max else None, exp)
 
 
-def _sum_of_squares(arrays, backend, want_max=False, comm=None):
+def _sum_of_squares(arrays, backend, want_max=False, comm=None, group=None):
     """-> (total, max |x| or None, partials): the float64 sum over all arrays at scale
     2**partials.exp, exact to rounding for every finite input.
 
@@ -93,9 +99,15 @@ def _sum_of_squares(arrays, backend, want_max=False, comm=None):
     pass when that max says the squares overflowed or underflowed (float64 inputs only). With
     ``comm``, ``total`` (and the max) are all-reduced over the ranks right after each pass, so
     ``total``, the max and every decision are the same on all ranks (``partials`` stay local).
+    ``group`` (a ``_torchdist.Exchange``) does the same with rank-order sums of all-gathers.
     """
     reduce_sum = reduce_max = None
-    if comm is not None:
+    if group is not None:
+        def reduce_sum(total):
+            return group.sum(total, what="global norm")
+
+        reduce_max = group.max
+    elif comm is not None:
         def reduce_sum(total):
             return _mpi.allreduce_sum(comm, total, what="global norm")
 
@@ -111,10 +123,27 @@ def _sum_of_squares(arrays, backend, want_max=False, comm=None):
     return total, maxabs, last[0]
 
 
-def _abandon(comm, what: str) -> None:
+def _abandon(comm, what: str, group=None) -> None:
     """This rank rejected its input before the first all-reduce of ``_sum_of_squares``: take
     part in it with the failure flag set, so the other ranks raise instead of waiting."""
-    _mpi.allreduce_sum(comm, 0.0, failed=True, what=what)
+    if group is not None:
+        group.abandon(what)
+    else:
+        _mpi.allreduce_sum(comm, 0.0, failed=True, what=what)
+
+
+def _check_group(group, comm):
+    """``group=`` as a ``_torchdist.Exchange`` (None for none); purely local checks. The
+    optimizers pass an Exchange of their own (over a DTensor mesh), taken as it is."""
+    if group is None:
+        return None
+    if comm is not None:
+        raise ValueError("comm (mpi4py) and group (torch.distributed) cannot both be given: "
+                         "pass one of them")
+    from . import _torchdist  # imports torch.distributed: only when a group is given
+    if isinstance(group, _torchdist.Exchange):
+        return group
+    return _torchdist.for_group(group)
 
 
 def _per_array(arrays, p: _Partials, backend) -> np.ndarray:
@@ -129,10 +158,10 @@ def _per_array(arrays, p: _Partials, backend) -> np.ndarray:
     return norms
 
 
-def _norm_checked(arrays, backend, comm=None) -> float:
+def _norm_checked(arrays, backend, comm=None, group=None) -> float:
     """The global 2-norm of arrays that were validated already (the optimizers' norm pass);
-    with ``comm``, over the arrays of every rank."""
-    total, maxabs, p = _sum_of_squares(arrays, backend, comm=comm)
+    with ``comm`` (or ``group``, an Exchange), over the arrays of every rank."""
+    total, maxabs, p = _sum_of_squares(arrays, backend, comm=comm, group=group)
     return _finish(total, maxabs, p.exp)
 
 
@@ -167,7 +196,8 @@ def _read_arrays(arrays, name):
     return arrays
 
 
-def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_array=False):
+def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, group=None,
+                as_array=False):
     r"""The norm of all elements of all arrays taken together, as a Python float.
 
     .. math::
@@ -190,6 +220,14 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_a
         the float64 squared sums are all-reduced (SUM, the max with MAX). Collective: every
         rank must call. A rank whose input is rejected raises its own error and the others a
         ``ValueError`` saying so (none waits forever). Not with ``per_array=True``.
+      group: a ``torch.distributed`` ProcessGroup (or ``torch.distributed.group.WORLD``), or
+        None: as ``comm`` (not both), over torch.distributed. Each rank passes its own NumPy
+        arrays; each rank's float64 sum of squares S_r (with a failure flag) is all-gathered and
+        every rank adds them itself in group rank order, norm = sqrt(sum_r S_r): the same bits
+        on every rank and in every run (an all-reduce would not fix the order). At another
+        world size the arrays are split differently, so the partial sums and their rounding
+        differ: the value can change in the last bits there (~1e-16 relative per rank).
+        Collective, with the same failure rule as ``comm``. Needs an initialized process group.
       as_array: return the 2-norm as a 0-d float64 array instead of a float: on device arrays
         a device array computed and kept on the device (same bits, no waiting), on NumPy
         arrays a NumPy one. Not with ``ord=inf``, ``per_array`` or ``comm``.
@@ -199,6 +237,7 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_a
       float64 in a fixed order (deterministic), is exact to ~1e-15 relative for any finite
       input (no overflow or underflow), is NaN if any element is NaN and inf if any is ±inf.
     """
+    group = _check_group(group, comm)  # first: comm and group together is a ValueError
     comm = _mpi.check_comm(comm)
     try:
         arrays = _read_arrays(arrays, "arrays")
@@ -206,23 +245,25 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_a
             raise ValueError(f"ord must be 2 or math.inf, got {ord!r}")
         if not isinstance(per_array, (bool, np.bool_)):
             raise TypeError(f"per_array must be a bool, got {type(per_array).__name__}")
-        if per_array and comm is not None:
-            raise ValueError("per_array=True cannot be combined with comm (each rank holds "
-                             "its own arrays; call global_norm(..., per_array=True) locally)")
+        if per_array and (comm is not None or group is not None):
+            raise ValueError("per_array=True cannot be combined with comm or group (each rank "
+                             "holds its own arrays; call global_norm(..., per_array=True) "
+                             "locally)")
         if not isinstance(as_array, (bool, np.bool_)):
             raise TypeError(f"as_array must be a bool, got {type(as_array).__name__}")
-        if as_array and (ord != 2 or per_array or comm is not None):
+        if as_array and (ord != 2 or per_array or comm is not None or group is not None):
             raise ValueError("as_array=True gives the 2-norm alone: not with ord=inf, "
-                             "per_array=True or comm")
+                             "per_array=True, comm or group")
     except Exception:
-        if comm is not None:
-            _abandon(comm, "global_norm")
+        if comm is not None or group is not None:
+            _abandon(comm, "global_norm", group)
         raise
     if as_array:
         if arrays and is_device_array(arrays[0]):
             return _norm_on_device(arrays, backend)
         return np.array(_norm_checked(arrays, backend))
-    total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2, comm=comm)
+    total, maxabs, p = _sum_of_squares(arrays, backend, want_max=ord != 2, comm=comm,
+                                       group=group)
     if ord == 2:
         norm = _finish(total, maxabs, p.exp)
         return (norm, _per_array(arrays, p, backend)) if per_array else norm
@@ -232,7 +273,7 @@ def global_norm(arrays, *, ord=2, per_array=False, backend=None, comm=None, as_a
     return norm, np.where(np.isnan(p.sumsq), np.nan, p.maxabs)
 
 
-def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None) -> float:
+def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None, group=None) -> float:
     r"""Scale every array in place so that the global norm is at most ``max_norm``.
 
     .. math::
@@ -250,10 +291,12 @@ def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None) -> float:
       backend: as for ``global_norm``.
       comm: as for ``global_norm``: T is the norm over every rank's arrays, the same on all
         ranks, so all of them scale by the same factor (or none does).
+      group: as for ``global_norm`` (a torch.distributed ProcessGroup; not with ``comm``).
 
     Returns:
       T, the **unclipped** norm (NaN or inf as found).
     """
+    group = _check_group(group, comm)  # first: comm and group together is a ValueError
     comm = _mpi.check_comm(comm)
     try:
         arrays = as_list(arrays, "arrays")
@@ -261,10 +304,10 @@ def clip_by_global_norm(arrays, max_norm, *, backend=None, comm=None) -> float:
         check_no_overlap({"arrays": arrays})
         max_norm = real(max_norm, "max_norm", lo=0, lo_open=True)
     except Exception:
-        if comm is not None:
-            _abandon(comm, "clip_by_global_norm")
+        if comm is not None or group is not None:
+            _abandon(comm, "clip_by_global_norm", group)
         raise
-    norm = _norm_checked(arrays, backend, comm)
+    norm = _norm_checked(arrays, backend, comm, group)
     if math.isfinite(norm) and norm > max_norm:
         _scale(arrays, max_norm / norm, backend)
     return norm

@@ -116,7 +116,33 @@ Extra keyword-only options on every optimizer:
 * ``master_weights``, ``state_dtype``, ``stochastic_rounding``, ``seed``: compact precision on
   the CPU, above.
 
-This module imports torch; ``import fastopt`` does not.
+FSDP2 and other DTensor params (``torch.distributed.tensor.DTensor``, placed ``Shard(d)`` or
+``Replicate()`` on a 1-D or n-D device mesh; fastopt/_torchdist.py). Each rank updates its own
+shard in place: the kernels take zero-copy views of ``p.to_local()`` and ``p.grad.to_local()``,
+in the same one native call per (group, dtype) as for plain tensors. A DTensor param's state
+buffers (``exp_avg``, ..., masters) are DTensors of its mesh, placements, shape and stride, as
+torch's optimizers keep them, so ``torch.distributed.checkpoint.state_dict`` saves and loads them
+(a loaded DTensor's local shard is what is checked and copied; a plain tensor is refused for a
+DTensor param, and a DTensor for a plain one). ``step`` stays a plain tensor.
+Refused, before anything is written, with the param named: a ``Partial`` placement (or any but
+Shard and Replicate); one param group holding DTensors of two meshes, or DTensor and plain
+params; a grad that is not a DTensor of its param's mesh and placements (or a DTensor grad of a
+plain param); ``state_dtype='int8'`` (its block maxima follow the local shard).
+With ``max_grad_norm`` (or a ``monitor``) the norm is global over the mesh:
+
+    norm = sqrt(sum over ranks r in rank order of S_r),
+
+S_r the float64 sum of squares of the grad shards rank r counts, read in the same pass as
+always; a shard ``Replicate()``-d on a mesh dimension counts only on the rank at coordinate 0
+there (replicated data is counted once). The S_r are all-gathered and every rank adds them itself
+in rank order, so every rank gets the same bits, run after run, and takes the same clip
+decision; NaN and inf propagate, so a NaN in one rank's grads gives every rank a NaN norm (which
+clips nothing, as above). The exchange carries a failure flag: a rank that refuses its input
+raises its own error and the others a ValueError saying another rank failed (none waits in the
+collective). All params of such an optimizer must then be DTensors of one mesh.
+
+This module imports torch; ``import fastopt`` does not, and torch.distributed helpers
+(fastopt/_torchdist.py) are imported only once a DTensor is seen.
 """
 from __future__ import annotations
 
@@ -124,6 +150,7 @@ import copy
 import inspect
 import math
 import numbers
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -176,6 +203,30 @@ _REFUSED = {
 def _scalar_dtype():
     """torch's dtype for NAdam's mu_product: float64 only under a float64 default dtype."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+_TENSOR, _PARAM = torch.Tensor, torch.nn.Parameter
+
+
+def _is_dtensor(t) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (FSDP2's params and grads). No
+    import: while that module is not loaded, no DTensor exists."""
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
+        return False
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
+
+
+def _td():
+    """fastopt/_torchdist.py, imported on first use (a DTensor has been seen)."""
+    from . import _torchdist
+    return _torchdist
+
+
+def _local(t):
+    """The tensor the kernels read and write: a DTensor's local shard (a plain tensor over the
+    DTensor's own storage), any other tensor itself."""
+    return _td().local(t) if _is_dtensor(t) else t
 
 
 def _value(value, name):
@@ -254,6 +305,9 @@ def _count(value, name) -> int:
 def _check_param(p, where: str) -> None:
     if not torch.is_tensor(p):
         raise TypeError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
+    if _is_dtensor(p):  # its placements, then its local shard as any tensor
+        _td().check_placements(p, where)
+        p = _td().local(p)
     if p.is_sparse or p.layout != torch.strided:
         raise ValueError(f"{where}: only dense (strided) tensors are supported")
     if p.is_cuda:
@@ -290,6 +344,7 @@ def _check_disjoint(params, where):
         j = seen.setdefault(id(p), i)
         if j != i:
             raise ValueError(f"{where}: param {i} is param {j} again; list each parameter once")
+    params = [_local(p) for p in params]  # DTensors: their local shards' memory
     # from the tensors, not NumPy views: a view would pin the storage's size from now on
     spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), i)
                    for i, p in enumerate(params) if p.numel())
@@ -298,6 +353,34 @@ def _check_disjoint(params, where):
             raise ValueError(f"{where}: params {min(i, j)} and {max(i, j)} share memory (views "
                              "of one tensor?); their updates would race: put them in different "
                              "param groups")
+
+
+def _check_meshes(params, where):
+    """A group's params are all plain tensors, or all DTensors on one device mesh (one kernel
+    call, one norm exchange). Purely local, and the same on every rank."""
+    first = None
+    for i, p in enumerate(params):
+        if _is_dtensor(p) != _is_dtensor(params[0]):
+            raise ValueError(f"{where}, param {i}: the group mixes DTensor and plain-tensor "
+                             "params; put them in different param groups (or shard them all)")
+        if first is None:
+            first = p
+        elif _is_dtensor(p) and p.device_mesh != first.device_mesh:
+            raise ValueError(f"{where}, param {i}: its device mesh {p.device_mesh} is not that "
+                             f"of the group's first param, {first.device_mesh}; one param group "
+                             "holds DTensors of one mesh")
+
+
+def _copy_held(val, p, dtype, name):
+    """A new contiguous state tensor of ``p`` holding ``val`` (checked already): of the param's
+    device, or a DTensor's local shard of ``val``'s local shard, wrapped as the param."""
+    _check_same_kind(val, p, name)
+    if _is_dtensor(p):
+        td = _td()
+        lp = td.local(p)
+        return td.wrap(torch.empty_like(lp, dtype=dtype, memory_format=torch.contiguous_format)
+                       .copy_(td.local(val)), p)
+    return torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format).copy_(val)
 
 
 def _loaded_tensor(val, name, p, shape=None):
@@ -314,11 +397,27 @@ def _loaded_tensor(val, name, p, shape=None):
                          + (f"its param has {want}" if shape is None else f"should have {want}"))
 
 
+def _check_same_kind(s, p, name, what=""):
+    """A grad or state tensor ``s`` of a DTensor param is a DTensor of its mesh and placements;
+    one of a plain param is no DTensor."""
+    if _is_dtensor(p):
+        _td().check_like(s, p, name, what)
+    elif _is_dtensor(s):
+        raise TypeError(f"{name} is a DTensor but its param is a plain tensor{what}")
+
+
 def _check_held(s, p, dtype, name, shape=None):
     """A state tensor of ``p`` fits it: dense, of its shape (or ``shape``), of ``dtype``, on its
-    device, contiguous, its storage there."""
+    device, contiguous, its storage there. A DTensor param's: a DTensor laid out as the param,
+    whose local shard fits the param's."""
     if not torch.is_tensor(s) or s.layout != torch.strided:
         raise TypeError(f"{name} is not a dense tensor")
+    _check_same_kind(s, p, name)
+    if _is_dtensor(p):
+        if tuple(s.shape) != tuple(p.shape):
+            raise ValueError(f"{name} has shape {tuple(s.shape)}, but the param has shape "
+                             f"{tuple(p.shape)}")
+        s, p = _td().local(s), _td().local(p)
     want = tuple(p.shape) if shape is None else tuple(shape)
     if tuple(s.shape) != want:
         raise ValueError(f"{name} has shape {tuple(s.shape)}, but the param has shape "
@@ -338,8 +437,9 @@ def _state_dtype(p):
 
 def _view(t: torch.Tensor):
     """The array a kernel uses: a NumPy view sharing memory (CPU; a bfloat16 tensor as an
-    ``ml_dtypes.bfloat16`` array over its bytes) or the tensor itself (CUDA)."""
-    t = t.detach()
+    ``ml_dtypes.bfloat16`` array over its bytes) or the tensor itself (CUDA). A DTensor's is
+    its local shard's."""
+    t = _local(t).detach()
     if t.is_cuda:
         return t
     if t.dtype is torch.bfloat16:
@@ -406,11 +506,16 @@ class _Plan:
         get = opt.state.get
         for i, p, (ptr, shape, dt), entry, held in zip(present, self.params, self.ptrs,
                                                        self.entries, self.held):
-            if (params[i] is not p or p.data_ptr() != ptr or p.shape != shape
-                    or p.dtype is not dt or not p.is_contiguous() or get(p) is not entry):
+            if params[i] is not p or get(p) is not entry:
+                return False
+            if type(p) is not _PARAM and type(p) is not _TENSOR:
+                p = _local(p)  # a DTensor: its shard, as the plan recorded it
+            if (p.data_ptr() != ptr or p.shape != shape or p.dtype is not dt
+                    or not p.is_contiguous()):
                 return False
             for k, o, ptr in held:  # the same tensors, over the same memory (not set_() away)
-                if entry.get(k) is not o or o.data_ptr() != ptr:
+                if entry.get(k) is not o or (o if type(o) is _TENSOR else _local(o)).data_ptr() \
+                        != ptr:
                     return False
         for b in self.buckets:
             if b.stale():
@@ -510,6 +615,10 @@ class _Fused(torch.optim.Optimizer):
         if p.dtype == torch.float64:
             raise ValueError(f"{where} is float64, which takes no compact-precision option "
                              f"({_options_text(opts)}); those are for float32 and 16-bit params")
+        if opts.state_dtype == "int8" and _is_dtensor(p):
+            raise ValueError(f"state_dtype='int8' is not supported for DTensor params ({where}): "
+                             "its per-block maxima follow the local shard, not the DTensor's "
+                             "layout; use 'bfloat16' or 'float32'")
         if opts.master == "remainder" and p.dtype == torch.float16:
             raise ValueError(
                 f"master_weights='remainder' needs bfloat16 params, but {where} is float16: a "
@@ -532,6 +641,7 @@ class _Fused(torch.optim.Optimizer):
                 for i, p in enumerate(group["params"]):
                     _check_param(p, f"param group {gi}, param {i}")
                     self._check_precision(p, f"param group {gi}, param {i}")
+                _check_meshes(group["params"], f"param group {gi}")
                 _check_disjoint(group["params"], f"param group {gi}")
                 self._hyper(group, f"param_groups[{gi}]")
             except BaseException:
@@ -683,8 +793,7 @@ class _Fused(torch.optim.Optimizer):
                 raise ValueError(f"{name_} is {val.dtype}, but this optimizer keeps it as "
                                  "bfloat16 (state_dtype='bfloat16'); rounding it here would "
                                  "change it: load a checkpoint saved with the same options")
-            out[key] = torch.empty_like(p, dtype=want,
-                                        memory_format=torch.contiguous_format).copy_(val)
+            out[key] = _copy_held(val, p, want, name_)
         mk = self._master_key(p)
         for k, _ in _MASTER_KEYS.values():
             if entry.get(k) is not None and (mk is None or mk[0] != k):
@@ -707,7 +816,7 @@ class _Fused(torch.optim.Optimizer):
             if val.dtype != dt:
                 raise ValueError(f"{where}[{k!r}] is {val.dtype}; master_weights="
                                  f"{self.precision.master!r} keeps it as {dt}")
-            out[k] = torch.empty(p.shape, dtype=dt).copy_(val)
+            out[k] = _copy_held(val, p, dt, f"{where}[{k!r}]")
         if self._mu and entry:
             if "mu_product" not in entry:  # fastopt.torch's NAdam kept none before
                 mu = self._rebuilt_mu_product(int(out["step"]), h, where)
@@ -805,10 +914,14 @@ class _Fused(torch.optim.Optimizer):
     def _new_buffer(self, p, rule, name, init):
         """(a fresh state buffer of p at ``init``, its block maxima or None)."""
         want = self._storage(p, rule, name)
-        if want in _CODES:
+        if want in _CODES:  # (refused for DTensors: _check_precision)
             codes, am = _precision.quantise(np.full(p.numel(), init, np.float32), _NP[want])
             return (torch.from_numpy(codes.reshape(tuple(p.shape))).clone(),
                     torch.from_numpy(am).clone())
+        if _is_dtensor(p):  # a DTensor of the param's layout around a new local buffer
+            td = _td()
+            return td.wrap(torch.full_like(td.local(p), init, dtype=want,
+                                           memory_format=torch.contiguous_format), p), None
         return torch.full_like(p, init, dtype=want, memory_format=torch.contiguous_format), None
 
     def _fill_state(self, p, h, st):
@@ -827,8 +940,10 @@ class _Fused(torch.optim.Optimizer):
                     st[f"{key}_absmax"] = am
         mk = self._master_key(p)
         if mk is not None and st.get(mk[0]) is None:
-            st[mk[0]] = torch.empty(p.shape, dtype=torch.float32).copy_(p.detach()) \
-                if mk[1] == torch.float32 else torch.zeros(p.shape, dtype=torch.int16)
+            lp = _local(p)
+            m = torch.empty(lp.shape, dtype=torch.float32).copy_(lp.detach()) \
+                if mk[1] == torch.float32 else torch.zeros(lp.shape, dtype=torch.int16)
+            st[mk[0]] = _td().wrap(m, p) if _is_dtensor(p) else m
 
     def _check_state(self, p, h, where):
         """The param's state fits the param (a param swapped under the optimizer does not)."""
@@ -903,7 +1018,7 @@ class _Fused(torch.optim.Optimizer):
             b.params.append(_view(p))
             for j, (_, key, init, _) in enumerate(specs):
                 s = st[key] if key is not None else torch.full_like(  # scratch
-                    p, init, dtype=torch.float32 if compact else _state_dtype(p),
+                    _local(p), init, dtype=torch.float32 if compact else _state_dtype(p),
                     memory_format=torch.contiguous_format)
                 b.states[j].append(_view(s))
                 if compact:
@@ -930,7 +1045,8 @@ class _Fused(torch.optim.Optimizer):
             p = params[i]
             entry = self.state.get(p)
             plan.params.append(p)
-            plan.ptrs.append((p.data_ptr(), p.shape, p.dtype))
+            lp = _local(p)
+            plan.ptrs.append((lp.data_ptr(), lp.shape, lp.dtype))
             plan.entries.append(entry)
             if entry is None:
                 plan.held.append(())
@@ -944,7 +1060,7 @@ class _Fused(torch.optim.Optimizer):
             mk = self._master_key(p)
             if mk is not None:
                 keys.append(mk[0])
-            plan.held.append(tuple((k, entry[k], entry[k].data_ptr()) for k in keys))
+            plan.held.append(tuple((k, entry[k], _local(entry[k]).data_ptr()) for k in keys))
         plan.buckets = buckets
         self._cache[gi] = plan
         return plan
@@ -962,56 +1078,26 @@ class _Fused(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            work = []
-            offset = 0  # params in the groups before this one (random-stream keys)
-            for gi, group in enumerate(self.param_groups):
-                where = f"param_groups[{gi}]"
-                h = self._hyper(group, where)
-                params = group["params"]
-                offset, group_offset = offset + len(params), offset
-                present = tuple(i for i, p in enumerate(params) if p.grad is not None)
-                if not present:
-                    continue
-                layout = tuple(key for _, key, _, _ in self._tensors(h))
-                plan = self._cache.get(gi)
-                if plan is None or not plan.valid(self, params, present, layout, group_offset):
-                    plan = None
-                    for i in present:
-                        _check_param(params[i], f"param group {gi}, param {i}")
-                        self._check_precision(params[i], f"param group {gi}, param {i}")
-                        self._check_state(params[i], h, f"param group {gi}, param {i}")
-                    _check_disjoint([params[i] for i in present], f"param group {gi}")
-                grads = []
-                for i in present:
-                    p = params[i]
-                    g = p.grad
-                    if (g.layout is torch.strided and g.dtype is p.dtype and g.shape == p.shape
-                            and not g.is_cuda and not p.is_cuda and not g.requires_grad
-                            and g.is_contiguous() and g.dtype is not torch.bfloat16):
-                        grads.append(g.numpy())  # the common case, checked in one line
-                    else:
-                        grads.append(self._grad(p, gi, i))
-                # a backend that cannot run some of them must fail before anything is written
-                if plan is not None:
-                    firsts = [(b.compact, b.params[0]) for b in plan.buckets]
-                else:
-                    kinds = {}
-                    for i in present:
-                        kinds.setdefault((params[i].is_cuda, params[i].dtype), params[i])
-                    firsts = [(self._is_compact(p), _view(p)) for p in kinds.values()]
-                for compact, a in firsts:
-                    _dispatch.resolve(f"{'compact' if compact else 'optim'}.{self._rule(h)}",
-                                      self.backend, device=not isinstance(a, np.ndarray),
-                                      dtype=dtype_of(a))
-                work.append((gi, group, present, h, layout, plan, grads, group_offset))
-            # nothing has been written so far; from here on nothing can be refused
+            need_norm = self.max_grad_norm is not None or self.monitor is not None
+            # DTensor params: the norm is a collective over their mesh (None: a local norm)
+            exchange = self._exchange() if need_norm else None
+            try:
+                work, norm_grads = self._collect(exchange is not None)
+            except BaseException:
+                if exchange is not None:  # the other ranks must not wait for this one
+                    exchange.abandon("step()")
+                raise
+            # nothing has been written so far; from here on nothing can be refused (but a
+            # distributed norm raises here, before any write, when another rank refused)
             norm, scale, clipped = None, 1.0, False
-            if self.max_grad_norm is not None or self.monitor is not None:
-                from .norm import global_norm  # one read pass over every group's gradients
+            if need_norm:
+                from .norm import _norm_checked, global_norm  # one read pass over the grads
 
-                all_grads = [g for *_, gs, _ in work for g in gs]
-                norm = global_norm(all_grads, backend=self._norm_backend(all_grads)) \
-                    if all_grads else 0.0
+                backend = self._norm_backend(norm_grads)
+                if exchange is not None:
+                    norm = _norm_checked(norm_grads, backend, group=exchange)
+                else:
+                    norm = global_norm(norm_grads, backend=backend) if norm_grads else 0.0
                 if (self.max_grad_norm is not None and math.isfinite(norm)
                         and norm > self.max_grad_norm):
                     scale, clipped = self.max_grad_norm / norm, True
@@ -1038,6 +1124,75 @@ class _Fused(torch.optim.Optimizer):
                 self.monitor.record(norm, clipped=clipped, threshold=self.max_grad_norm)
             return loss if closure is not None else norm
 
+    def _collect(self, distributed):
+        """Everything checked, nothing written: [(gi, group, present, h, layout, plan or None,
+        grads, group offset)] and the grads the norm reads (``distributed``: only the shards
+        this rank counts, see _torchdist.counted)."""
+        work, norm_grads = [], []
+        offset = 0  # params in the groups before this one (random-stream keys)
+        for gi, group in enumerate(self.param_groups):
+            where = f"param_groups[{gi}]"
+            h = self._hyper(group, where)
+            params = group["params"]
+            offset, group_offset = offset + len(params), offset
+            present = tuple(i for i, p in enumerate(params) if p.grad is not None)
+            if not present:
+                continue
+            layout = tuple(key for _, key, _, _ in self._tensors(h))
+            plan = self._cache.get(gi)
+            if plan is None or not plan.valid(self, params, present, layout, group_offset):
+                plan = None
+                for i in present:
+                    _check_param(params[i], f"param group {gi}, param {i}")
+                    self._check_precision(params[i], f"param group {gi}, param {i}")
+                    self._check_state(params[i], h, f"param group {gi}, param {i}")
+                _check_meshes(params, f"param group {gi}")
+                _check_disjoint([params[i] for i in present], f"param group {gi}")
+            grads = []
+            for i in present:
+                p = params[i]
+                g = p.grad
+                if (type(g) is torch.Tensor and g.layout is torch.strided and g.dtype is p.dtype
+                        and g.shape == p.shape and not g.is_cuda and not p.is_cuda
+                        and not g.requires_grad and g.is_contiguous()
+                        and g.dtype is not torch.bfloat16
+                        and (type(p) is _PARAM or type(p) is _TENSOR or not _is_dtensor(p))):
+                    grads.append(g.numpy())  # the common case, checked in one line
+                else:
+                    grads.append(self._grad(p, gi, i))
+            # a backend that cannot run some of them must fail before anything is written
+            if plan is not None:
+                firsts = [(b.compact, b.params[0]) for b in plan.buckets]
+            else:
+                kinds = {}
+                for i in present:
+                    kinds.setdefault((params[i].is_cuda, params[i].dtype), params[i])
+                firsts = [(self._is_compact(p), _view(p)) for p in kinds.values()]
+            for compact, a in firsts:
+                _dispatch.resolve(f"{'compact' if compact else 'optim'}.{self._rule(h)}",
+                                  self.backend, device=not isinstance(a, np.ndarray),
+                                  dtype=dtype_of(a))
+            work.append((gi, group, present, h, layout, plan, grads, group_offset))
+            norm_grads += grads if not distributed else \
+                [g for i, g in zip(present, grads) if _td().counted(params[i])]
+        return work, norm_grads
+
+    def _exchange(self):
+        """The norm's exchange over the mesh of the DTensor params, or None when there are
+        none. Refused (the same on every rank, before any collective): DTensors on two meshes,
+        or DTensor and plain params together (a plain param's share would be ambiguous)."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        dts = [p for p in params if type(p) is not _PARAM and type(p) is not _TENSOR
+               and _is_dtensor(p)]
+        if not dts:
+            return None
+        if len(dts) != len(params):
+            raise ValueError("max_grad_norm/monitor: the optimizer holds DTensor and "
+                             "plain-tensor params; the global norm over the ranks needs all "
+                             "params to be DTensors (or none)")
+        _check_meshes(params, "max_grad_norm/monitor: the optimizer's params")
+        return _td().for_mesh(params[0].device_mesh)
+
     def master_params(self) -> list:
         """The values the optimizer steps from, as new float32 tensors, one per param of every
         group in order (torch's state_dict numbering): the float32 master of a 16-bit param
@@ -1055,20 +1210,29 @@ class _Fused(torch.optim.Optimizer):
                                                  else torch.float32, copy=True))
                     elif m.dtype == torch.float32:
                         out.append(m.detach().clone())
-                    else:
+                    else:  # a DTensor's: its local shards joined, wrapped as the param
                         bits = _view(p).view(_precision.U16)
-                        out.append(torch.from_numpy(np.ascontiguousarray(
-                            _precision.remainder_join(bits, m.detach().numpy()).reshape(
-                                tuple(p.shape)))))
+                        joined = torch.from_numpy(np.ascontiguousarray(
+                            _precision.remainder_join(bits, _view(m)).reshape(
+                                tuple(_local(p).shape))))
+                        out.append(_td().wrap(joined, p) if _is_dtensor(p) else joined)
             return out
 
     @staticmethod
     def _grad(p, gi, i):
-        """The gradient as the kernel reads it (a view, or a converted copy: it is only read)."""
+        """The gradient as the kernel reads it (a view, or a converted copy: it is only read).
+        A DTensor param's grad is a DTensor of its mesh and placements, read by its local
+        shard (which then has the local param's shape)."""
         g = p.grad
         where = f"param group {gi}, param {i}"
         if not torch.is_tensor(g) or g.layout != torch.strided:
             raise ValueError(f"{where}: sparse gradients are not supported")
+        _check_same_kind(g, p, f"{where}: its grad")
+        if _is_dtensor(p):
+            if g.shape != p.shape:
+                raise ValueError(f"{where}: its grad has shape {tuple(g.shape)} but the param "
+                                 f"has {tuple(p.shape)}")
+            g, p = _td().local(g), _td().local(p)
         if g.shape != p.shape:
             raise ValueError(f"{where}: its grad has shape {tuple(g.shape)} but the param has "
                              f"{tuple(p.shape)}")

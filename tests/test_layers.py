@@ -12,7 +12,7 @@ PKG = Path(fastopt.__file__).resolve().parent
 #: Lowest first. A module may import modules of its own layer and of the layers before it.
 LAYERS = (
     # backend-free math and plain helpers: import nothing from fastopt
-    ("core", ("fastopt._core", "fastopt._timing", "fastopt._mpi")),
+    ("core", ("fastopt._core", "fastopt._timing", "fastopt._mpi", "fastopt._torchdist")),
     # the rule declarations, the compact-precision definitions, and the one loader of the
     # compiled extensions
     ("declarations", ("fastopt._rules", "fastopt._rules.*", "fastopt._precision",
