@@ -49,7 +49,13 @@ def is_dtensor(t) -> bool:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard: a plain tensor sharing its storage (no copy, no autograd)."""
+    """A DTensor's local shard: a plain tensor sharing its storage (no copy, no autograd).
+    ``to_local()`` without grad mode returns the DTensor's ``_local_tensor`` itself; reading
+    the attribute directly skips its dispatch (a step asks for every param's, grad's and state
+    buffer's shard: with hundreds of tensors that dispatch was most of the step's time)."""
+    lt = getattr(t, "_local_tensor", None)
+    if lt is not None:
+        return lt
     with torch.no_grad():
         return t.to_local()
 

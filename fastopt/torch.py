@@ -208,24 +208,38 @@ def _scalar_dtype():
 _TENSOR, _PARAM = torch.Tensor, torch.nn.Parameter
 
 
+_DTENSOR = []  # the DTensor class, once torch.distributed.tensor is loaded
+
+
 def _is_dtensor(t) -> bool:
     """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (FSDP2's params and grads). No
     import: while that module is not loaded, no DTensor exists."""
     if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
         return False
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
+    if not _DTENSOR:
+        mod = sys.modules.get("torch.distributed.tensor")
+        if mod is None:
+            return False
+        _DTENSOR.append(mod.DTensor)
+    return isinstance(t, _DTENSOR[0])
+
+
+_TORCHDIST = []
 
 
 def _td():
     """fastopt/_torchdist.py, imported on first use (a DTensor has been seen)."""
-    from . import _torchdist
-    return _torchdist
+    if not _TORCHDIST:
+        from . import _torchdist
+        _TORCHDIST.append(_torchdist)
+    return _TORCHDIST[0]
 
 
 def _local(t):
     """The tensor the kernels read and write: a DTensor's local shard (a plain tensor over the
     DTensor's own storage), any other tensor itself."""
+    if type(t) is _TENSOR or type(t) is _PARAM:
+        return t
     return _td().local(t) if _is_dtensor(t) else t
 
 
