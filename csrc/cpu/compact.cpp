@@ -21,6 +21,7 @@
 #include "common/optim_math.h"
 #include "compact_avx2.h"
 #include "cpu_common.h"
+#include "update_loop.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -180,34 +181,6 @@ FO_INLINE void quantise_block(uint8_t* __restrict c, float* am, const float* __r
   for (int i = 0; i < n; ++i) c[i] = uint8_t(code[i]);
 }
 
-// The rule over one tile; unused state slots get dummies (as optim.cpp's update_loop).
-template <class R>
-FO_INLINE void apply_tile(float* __restrict x, const float* __restrict g, float* __restrict a,
-                          float* __restrict b, int n, const OptimCoef<float>& k) {
-  if constexpr (R::kStates == 0) {
-#pragma omp simd
-    for (int i = 0; i < n; ++i) {
-      float p = x[i], u = 0, v = 0;
-      R::apply(p, g[i], u, v, k);
-      x[i] = p;
-    }
-  } else if constexpr (R::kStates == 1) {
-#pragma omp simd
-    for (int i = 0; i < n; ++i) {
-      float p = x[i], u = a[i], v = 0;
-      R::apply(p, g[i], u, v, k);
-      x[i] = p; a[i] = u;
-    }
-  } else {
-#pragma omp simd
-    for (int i = 0; i < n; ++i) {
-      float p = x[i], u = a[i], v = b[i];
-      R::apply(p, g[i], u, v, k);
-      x[i] = p; a[i] = u; b[i] = v;
-    }
-  }
-}
-
 #if FO_X86
 // Elements [b, e) of one array in the all-bfloat16 layout, on the fused AVX2 loop
 // (compact_avx2.h). `flatten` inlines the rule's V8 operators into the loop.
@@ -290,7 +263,7 @@ FO_INLINE void compact_chunk(const Item& it, int64_t b, int64_t e, const OptimCo
         load_float<Isa>(sb[j], it.s[j], kind, t, n);
     }
 
-    apply_tile<R>(x, g, s[0], s[1], n, k);
+    update_loop<R, float, int>(x, g, s[0], s[1], n, k);  // the tile, in L1
 
     // store: only a 16-bit param without master rounds stochastically; a master (written in
     // place) gives the param rounded to nearest; a remainder pair is split from the result

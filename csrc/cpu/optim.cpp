@@ -3,51 +3,25 @@
 
 #include "common/optim_math.h"
 #include "cpu_common.h"
+#include "update_loop.h"
 
 namespace fastopt {
 namespace {
 
 template <class R, class T>
-FO_INLINE void update_loop(T* __restrict p, const T* __restrict g, T* __restrict s1,
-                           T* __restrict s2, int64_t n, const OptimCoef<T>& k) {
-  if constexpr (R::kStates == 0) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      T pi = p[i], a = 0, b = 0;
-      R::apply(pi, g[i], a, b, k);
-      p[i] = pi;
-    }
-  } else if constexpr (R::kStates == 1) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      T pi = p[i], a = s1[i], b = 0;
-      R::apply(pi, g[i], a, b, k);
-      p[i] = pi; s1[i] = a;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      T pi = p[i], a = s1[i], b = s2[i];
-      R::apply(pi, g[i], a, b, k);
-      p[i] = pi; s1[i] = a; s2[i] = b;
-    }
-  }
-}
-
-template <class R, class T>
 FO_TARGET_AVX2 void update_avx2(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
-  update_loop<R, T>(p, g, s1, s2, n, k);
+  update_loop<R, T, int64_t>(p, g, s1, s2, n, k);
 }
 // AVX-512: the same loop on 512-bit vectors; only correctly rounded operations and no
 // contraction (-ffp-contract=off), so the bits equal the other paths'.
 template <class R, class T>
 FO_TARGET_AVX512 void update_avx512(T* p, const T* g, T* s1, T* s2, int64_t n,
                                     const OptimCoef<T>& k) {
-  update_loop<R, T>(p, g, s1, s2, n, k);
+  update_loop<R, T, int64_t>(p, g, s1, s2, n, k);
 }
 template <class R, class T>
 void update_base(T* p, const T* g, T* s1, T* s2, int64_t n, const OptimCoef<T>& k) {
-  update_loop<R, T>(p, g, s1, s2, n, k);
+  update_loop<R, T, int64_t>(p, g, s1, s2, n, k);
 }
 
 template <class R, class T>
