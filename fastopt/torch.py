@@ -110,7 +110,14 @@ Extra keyword-only options on every optimizer:
   read pass; the clip factor is folded into the update (gradients are not rewritten). The
   unclipped norm is returned by ``step()`` (when no closure is given) and kept in
   ``last_grad_norm``. Unlike ``torch.nn.utils.clip_grad_norm_`` there is no 1e-6 in the factor,
-  and a non-finite norm clips nothing.
+  and a non-finite norm clips nothing (see ``nonfinite``).
+* ``nonfinite``: what a NaN or infinite norm does. ``"skip"``: the step is skipped (params,
+  state and step counts untouched; a RuntimeWarning; ``last_step_skipped`` is True);
+  ``"raise"``: a FloatingPointError, nothing written; ``"ignore"``: no check, the step is taken
+  (torch.optim's behaviour: the non-finite values flow into the params). The default, None, is
+  ``"skip"`` when the step takes the norm anyway (``max_grad_norm`` or ``monitor`` set: the
+  check is free) and ``"ignore"`` otherwise, so that a plain step reads what torch's reads;
+  ``"skip"`` or ``"raise"`` without them add one read pass over the grads (4 B per element).
 * ``monitor``: a ``fastopt.GradNormMonitor`` that records every step's norm (and clipping).
 * ``backend``: a fastopt backend name, or None for the fastest available.
 * ``master_weights``, ``state_dtype``, ``stochastic_rounding``, ``seed``: compact precision on
@@ -137,7 +144,8 @@ always; a shard ``Replicate()``-d on a mesh dimension counts only on the rank at
 there (replicated data is counted once). The S_r are all-gathered and every rank adds them itself
 in rank order, so every rank gets the same bits, run after run, and takes the same clip
 decision; NaN and inf propagate, so a NaN in one rank's grads gives every rank a NaN norm (which
-clips nothing, as above). The exchange carries a failure flag: a rank that refuses its input
+clips nothing, and is skipped by the default ``nonfinite``: on every rank). The exchange
+carries a failure flag: a rank that refuses its input
 raises its own error and the others a ValueError saying another rank failed (none waits in the
 collective). All params of such an optimizer must then be DTensors of one mesh.
 
@@ -151,8 +159,11 @@ import inspect
 import math
 import numbers
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
+from itertools import compress, repeat
+from operator import attrgetter, is_, is_not
 
 import numpy as np
 import torch
@@ -181,6 +192,7 @@ _PRECISION = (("master_weights", False), ("state_dtype", "float32"),
 _MASTER_KEYS = {True: ("master_param", torch.float32),
                 "remainder": ("param_remainder", torch.int16)}
 _SEMANTICS = ("torch", "fastopt")
+_NONFINITE = ("skip", "raise", "ignore")
 #: float64 counts are exact to MAX_STEP, where torch's float32 ones stop at 2**24
 _STEP_DTYPE = torch.float64
 
@@ -206,6 +218,12 @@ def _scalar_dtype():
 
 
 _TENSOR, _PARAM = torch.Tensor, torch.nn.Parameter
+# getters for the plans' per-step checks (map over hundreds of tensors at C speed)
+_LOCAL_TENSOR, _SPEC, _GRAD = attrgetter("_local_tensor"), attrgetter("_spec"), attrgetter("grad")
+_MESH, _PLACEMENTS = attrgetter("mesh"), attrgetter("placements")
+_SHAPE, _DTYPE, _LAYOUT = attrgetter("shape"), attrgetter("dtype"), attrgetter("layout")
+_IS_CUDA, _REQUIRES_GRAD = attrgetter("is_cuda"), attrgetter("requires_grad")
+_DATA_PTR, _IS_CONTIGUOUS, _NUMPY = _TENSOR.data_ptr, _TENSOR.is_contiguous, _TENSOR.numpy
 
 
 _DTENSOR = []  # the DTensor class, once torch.distributed.tensor is loaded
@@ -238,8 +256,11 @@ def _td():
 def _local(t):
     """The tensor the kernels read and write: a DTensor's local shard (a plain tensor over the
     DTensor's own storage), any other tensor itself."""
-    if type(t) is _TENSOR or type(t) is _PARAM:
+    tt = type(t)
+    if tt is _TENSOR or tt is _PARAM:
         return t
+    if _DTENSOR and tt is _DTENSOR[0]:  # the step's hot path: hundreds of shards
+        return t._local_tensor
     return _td().local(t) if _is_dtensor(t) else t
 
 
@@ -511,30 +532,107 @@ class _Bucket:
 
 class _Plan:
     """A group's buckets, valid while its params, their storage and their state objects are
-    the ones it was made from (checked at every step by identity, cheaply)."""
-    __slots__ = ("present", "layout", "offset", "params", "ptrs", "entries", "held", "buckets")
+    the ones it was made from (checked at every step by identity, cheaply).
+
+    The per-step checks (``valid``, ``grads``) run as C-level ``map``s over flat lists made
+    here, not as a Python loop per tensor: a model has hundreds of tensors, and FSDP2 shards
+    every one on every rank. Any mismatch sends the step to the per-tensor path, which says
+    what is wrong or makes a new plan."""
+    __slots__ = ("present", "layout", "offset", "params", "entries", "buckets", "counted",
+                 "locals", "ptrs", "shapes", "dtypes", "dts", "dt_locals", "h_entries",
+                 "h_keys", "h_objs", "h_locals", "h_ptrs", "h_dts", "h_dt_locals", "meshes",
+                 "placements", "global_shapes", "host")
+
+    def __init__(self, present, layout, offset):
+        self.present, self.layout, self.offset = present, layout, offset
+        for k in self.__slots__[3:]:
+            setattr(self, k, [])
+
+    def watch(self, p, entry, keys, counted: bool):
+        """Record param ``p`` (in ``present`` order), its state ``entry`` and the keys of the
+        state tensors whose identity and memory are checked at every step."""
+        lp = _local(p)
+        self.params.append(p)
+        self.entries.append(entry)
+        self.counted.append(counted)
+        self.locals.append(lp)
+        self.ptrs.append(lp.data_ptr())
+        self.shapes.append(lp.shape)
+        self.dtypes.append(lp.dtype)
+        if lp is not p:  # a DTensor: its shard, and the layout its grads must have
+            self.dts.append(p)
+            self.dt_locals.append(lp)
+            self.meshes.append(p._spec.mesh)
+            self.placements.append(p._spec.placements)
+            self.global_shapes.append(p.shape)
+        for k in keys:
+            o = entry[k]
+            lo = _local(o)
+            self.h_entries.append(entry)
+            self.h_keys.append(k)
+            self.h_objs.append(o)
+            self.h_locals.append(lo)
+            self.h_ptrs.append(lo.data_ptr())
+            if lo is not o:
+                self.h_dts.append(o)
+                self.h_dt_locals.append(lo)
+
+    def seal(self, buckets):
+        self.buckets = buckets
+        # the grads' fast path: all plain or all DTensor params (a group mixes neither), on
+        # the CPU, of dtypes NumPy views directly
+        self.host = (not self.dts or len(self.dts) == len(self.params)) and all(
+            lp.device.type == "cpu" and lp.dtype is not torch.bfloat16 for lp in self.locals)
 
     def valid(self, opt, params, present, layout, offset) -> bool:
         if present != self.present or layout != self.layout or offset != self.offset:
             return False
-        get = opt.state.get
-        for i, p, (ptr, shape, dt), entry, held in zip(present, self.params, self.ptrs,
-                                                       self.entries, self.held):
-            if params[i] is not p or get(p) is not entry:
-                return False
-            if type(p) is not _PARAM and type(p) is not _TENSOR:
-                p = _local(p)  # a DTensor: its shard, as the plan recorded it
-            if (p.data_ptr() != ptr or p.shape != shape or p.dtype is not dt
-                    or not p.is_contiguous()):
-                return False
-            for k, o, ptr in held:  # the same tensors, over the same memory (not set_() away)
-                if entry.get(k) is not o or (o if type(o) is _TENSOR else _local(o)).data_ptr() \
-                        != ptr:
-                    return False
-        for b in self.buckets:
-            if b.stale():
-                return False
-        return True
+        locs = self.locals
+        if not (all(map(is_, map(params.__getitem__, present), self.params))
+                and all(map(is_, map(opt.state.get, self.params), self.entries))
+                # a DTensor's shard is the same tensor, every shard over the same memory
+                and all(map(is_, map(_LOCAL_TENSOR, self.dts), self.dt_locals))
+                and list(map(_DATA_PTR, locs)) == self.ptrs
+                and list(map(_SHAPE, locs)) == self.shapes
+                and all(map(is_, map(_DTYPE, locs), self.dtypes))
+                and all(map(_IS_CONTIGUOUS, locs))
+                # the same state tensors (a DTensor's around the same shard), over the same
+                # memory (not set_() away)
+                and all(map(is_, map(dict.get, self.h_entries, self.h_keys), self.h_objs))
+                and all(map(is_, map(_LOCAL_TENSOR, self.h_dts), self.h_dt_locals))
+                and list(map(_DATA_PTR, self.h_locals)) == self.h_ptrs):
+            return False
+        return not any(b.stale() for b in self.buckets)
+
+    def grads(self):
+        """NumPy views of the present params' grads when every one is what this plan expects
+        (for a DTensor param: a DTensor of its mesh, placements and global shape around a
+        plain shard; then: a contiguous dense CPU tensor of the param's local shape and dtype,
+        not requiring grad), else None (the per-tensor path checks them and says what is
+        wrong). Only for plans that ``host``."""
+        gs = list(map(_GRAD, self.params))
+        if self.dts:
+            if not all(map(is_, map(type, gs), repeat(_DTENSOR[0]))):
+                return None
+            specs = list(map(_SPEC, gs))
+            # identity first (FSDP2 builds grads with the param's own spec), else equality
+            if not (all(map(is_, map(_MESH, specs), self.meshes))
+                    or list(map(_MESH, specs)) == self.meshes):
+                return None
+            if not (all(map(is_, map(_PLACEMENTS, specs), self.placements))
+                    or list(map(_PLACEMENTS, specs)) == self.placements):
+                return None
+            if list(map(_SHAPE, gs)) != self.global_shapes:
+                return None
+            gs = list(map(_LOCAL_TENSOR, gs))
+        if (all(map(is_, map(type, gs), repeat(_TENSOR)))
+                and all(map(is_, map(_DTYPE, gs), self.dtypes))
+                and list(map(_SHAPE, gs)) == self.shapes
+                and all(map(is_, map(_LAYOUT, gs), repeat(torch.strided)))
+                and not any(map(_IS_CUDA, gs)) and not any(map(_REQUIRES_GRAD, gs))
+                and all(map(_IS_CONTIGUOUS, gs))):
+            return list(map(_NUMPY, gs))
+        return None
 
 
 class _Fused(torch.optim.Optimizer):
@@ -556,12 +654,14 @@ class _Fused(torch.optim.Optimizer):
         # torch's own defaults dict (AdamW adds decoupled_weight_decay=True to its arguments)
         cls._torch_defaults = dict(base([torch.zeros(1, requires_grad=True)]).defaults)
         own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
-               for n, d in (("max_grad_norm", None), ("monitor", None), ("backend", None),
+               for n, d in (("max_grad_norm", None), ("nonfinite", None), ("monitor", None),
+                            ("backend", None),
                             ("semantics", "torch")) + _PRECISION]
         cls.__signature__ = cls._torch_signature.replace(
             parameters=list(cls._torch_signature.parameters.values()) + own)
 
-    def __init__(self, params, *args, max_grad_norm=None, monitor=None, backend=None,
+    def __init__(self, params, *args, max_grad_norm=None, nonfinite=None, monitor=None,
+                 backend=None,
                  semantics="torch", master_weights=False, state_dtype="float32",
                  stochastic_rounding=False, seed=0, **kwargs):
         bound = self._torch_signature.bind(params, *args, **kwargs)  # TypeError as in torch
@@ -577,6 +677,10 @@ class _Fused(torch.optim.Optimizer):
         self._check_combination(dict(self._torch_defaults, **h), "")
         if max_grad_norm is not None:
             max_grad_norm = real(max_grad_norm, "max_grad_norm", lo=0, lo_open=True)
+        if nonfinite is not None and (not isinstance(nonfinite, str)
+                                      or nonfinite not in _NONFINITE):
+            raise ValueError(f"nonfinite must be None or one of "
+                             f"{', '.join(map(repr, _NONFINITE))}, got {nonfinite!r:.80}")
         if monitor is not None and not callable(getattr(monitor, "record", None)):
             raise TypeError("monitor must be a fastopt.GradNormMonitor (or have a record "
                             f"method), got {type(monitor).__name__}")
@@ -591,6 +695,8 @@ class _Fused(torch.optim.Optimizer):
         self.precision = _precision.check(master_weights, state_dtype, stochastic_rounding,
                                           seed)
         self.max_grad_norm = max_grad_norm
+        self.nonfinite = nonfinite
+        self.last_step_skipped = False
         self.monitor = monitor
         self.backend = backend
         self.last_grad_norm = None
@@ -846,8 +952,8 @@ class _Fused(torch.optim.Optimizer):
     def __getstate__(self):
         state = super().__getstate__()  # torch keeps defaults, state and param_groups only
         state["fastopt"] = {k: getattr(self, k, None) for k in
-                            ("semantics", "max_grad_norm", "monitor", "backend",
-                             "last_grad_norm")}
+                            ("semantics", "max_grad_norm", "nonfinite", "monitor",
+                             "backend", "last_grad_norm", "last_step_skipped")}
         state["fastopt"]["precision"] = tuple(getattr(self, "precision", _precision.DEFAULT))
         return state
 
@@ -857,8 +963,9 @@ class _Fused(torch.optim.Optimizer):
         super().__setstate__(state)
         if own is not None:
             self.__dict__.update(own)
-        for k, v in (("semantics", "torch"), ("max_grad_norm", None), ("monitor", None),
-                     ("backend", None), ("last_grad_norm", None),
+        for k, v in (("semantics", "torch"), ("max_grad_norm", None), ("nonfinite", None),
+                     ("monitor", None), ("backend", None), ("last_grad_norm", None),
+                     ("last_step_skipped", False),
                      ("precision", _precision.DEFAULT)):
             self.__dict__.setdefault(k, v)  # a pickle of an older fastopt.torch
         self.precision = _precision.check(*self.precision)
@@ -1005,9 +1112,7 @@ class _Fused(torch.optim.Optimizer):
         by offset + i)."""
         params = group["params"]
         by = {}
-        plan = _Plan()
-        plan.present, plan.layout, plan.offset = present, layout, offset
-        plan.params, plan.ptrs, plan.entries, plan.held = [], [], [], []
+        plan = _Plan(present, layout, offset)
         specs = self._tensors(h)
         for i in present:
             p = params[i]
@@ -1058,12 +1163,9 @@ class _Fused(torch.optim.Optimizer):
         for i in present:
             p = params[i]
             entry = self.state.get(p)
-            plan.params.append(p)
-            lp = _local(p)
-            plan.ptrs.append((lp.data_ptr(), lp.shape, lp.dtype))
-            plan.entries.append(entry)
+            counted = _td().counted(p) if _local(p) is not p else True
             if entry is None:
-                plan.held.append(())
+                plan.watch(p, entry, (), counted)
                 continue
             keys = list(base)
             for _, key, _, _ in specs:
@@ -1074,8 +1176,8 @@ class _Fused(torch.optim.Optimizer):
             mk = self._master_key(p)
             if mk is not None:
                 keys.append(mk[0])
-            plan.held.append(tuple((k, entry[k], _local(entry[k]).data_ptr()) for k in keys))
-        plan.buckets = buckets
+            plan.watch(p, entry, keys, counted)
+        plan.seal(buckets)
         self._cache[gi] = plan
         return plan
 
@@ -1085,14 +1187,19 @@ class _Fused(torch.optim.Optimizer):
         """One update of every parameter that has a gradient.
 
         Returns the closure's loss when a closure is given, else the unclipped global gradient
-        norm when ``max_grad_norm`` or ``monitor`` is set, else None. Everything is checked
-        before anything is written."""
+        norm when the step takes it (``max_grad_norm``, ``monitor``, or ``nonfinite`` "skip"
+        or "raise"), else None. Everything is checked before anything is written. A NaN or
+        infinite norm is skipped or raised on (``nonfinite``) before anything is written."""
         with self._exclusive("step()"):
             loss = None
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            need_norm = self.max_grad_norm is not None or self.monitor is not None
+            policy = self.nonfinite
+            need_norm = (self.max_grad_norm is not None or self.monitor is not None
+                         or policy in ("skip", "raise"))
+            if policy is None:  # the check rides on a norm pass that runs anyway
+                policy = "skip" if need_norm else "ignore"
             # DTensor params: the norm is a collective over their mesh (None: a local norm)
             exchange = self._exchange() if need_norm else None
             try:
@@ -1112,6 +1219,17 @@ class _Fused(torch.optim.Optimizer):
                     norm = _norm_checked(norm_grads, backend, group=exchange)
                 else:
                     norm = global_norm(norm_grads, backend=backend) if norm_grads else 0.0
+                if not math.isfinite(norm) and policy != "ignore":
+                    # every rank has the same norm (the exchange's sum), so every rank stops here
+                    self.last_grad_norm, self.last_step_skipped = norm, policy == "skip"
+                    if self.monitor is not None:
+                        self.monitor.record(norm, clipped=False, threshold=self.max_grad_norm)
+                    if policy == "raise":
+                        raise FloatingPointError(f"the gradient norm is {norm}; nothing was "
+                                                 "updated (nonfinite='raise')")
+                    warnings.warn(f"skipped a step: the gradient norm is {norm}; params, state "
+                                  "and step counts are unchanged", RuntimeWarning, stacklevel=3)
+                    return loss if closure is not None else norm
                 if (self.max_grad_norm is not None and math.isfinite(norm)
                         and norm > self.max_grad_norm):
                     scale, clipped = self.max_grad_norm / norm, True
@@ -1133,7 +1251,7 @@ class _Fused(torch.optim.Optimizer):
                 else:
                     F.run(rule, b.params, bg, b.states, k, self.backend)
                 b.advance()
-            self.last_grad_norm = norm
+            self.last_grad_norm, self.last_step_skipped = norm, False
             if self.monitor is not None and norm is not None:
                 self.monitor.record(norm, clipped=clipped, threshold=self.max_grad_norm)
             return loss if closure is not None else norm
@@ -1149,7 +1267,8 @@ class _Fused(torch.optim.Optimizer):
             h = self._hyper(group, where)
             params = group["params"]
             offset, group_offset = offset + len(params), offset
-            present = tuple(i for i, p in enumerate(params) if p.grad is not None)
+            present = tuple(compress(range(len(params)),
+                                     map(is_not, map(_GRAD, params), repeat(None))))
             if not present:
                 continue
             layout = tuple(key for _, key, _, _ in self._tensors(h))
@@ -1162,18 +1281,21 @@ class _Fused(torch.optim.Optimizer):
                     self._check_state(params[i], h, f"param group {gi}, param {i}")
                 _check_meshes(params, f"param group {gi}")
                 _check_disjoint([params[i] for i in present], f"param group {gi}")
-            grads = []
-            for i in present:
-                p = params[i]
-                g = p.grad
-                if (type(g) is torch.Tensor and g.layout is torch.strided and g.dtype is p.dtype
-                        and g.shape == p.shape and not g.is_cuda and not p.is_cuda
-                        and not g.requires_grad and g.is_contiguous()
-                        and g.dtype is not torch.bfloat16
-                        and (type(p) is _PARAM or type(p) is _TENSOR or not _is_dtensor(p))):
-                    grads.append(g.numpy())  # the common case, checked in one line
-                else:
-                    grads.append(self._grad(p, gi, i))
+            # the common case: every grad as the plan expects it, checked in a few maps
+            grads = plan.grads() if plan is not None and plan.host else None
+            if grads is None:
+                grads = []
+                for i in present:
+                    p = params[i]
+                    g = p.grad
+                    if (type(g) is torch.Tensor and g.layout is torch.strided
+                            and g.dtype is p.dtype and g.shape == p.shape and not g.is_cuda
+                            and not p.is_cuda and not g.requires_grad and g.is_contiguous()
+                            and g.dtype is not torch.bfloat16
+                            and (type(p) is _PARAM or type(p) is _TENSOR or not _is_dtensor(p))):
+                        grads.append(g.numpy())  # a plain CPU grad, checked in one line
+                    else:
+                        grads.append(self._grad(p, gi, i))
             # a backend that cannot run some of them must fail before anything is written
             if plan is not None:
                 firsts = [(b.compact, b.params[0]) for b in plan.buckets]
@@ -1187,8 +1309,12 @@ class _Fused(torch.optim.Optimizer):
                                   self.backend, device=not isinstance(a, np.ndarray),
                                   dtype=dtype_of(a))
             work.append((gi, group, present, h, layout, plan, grads, group_offset))
-            norm_grads += grads if not distributed else \
-                [g for i, g in zip(present, grads) if _td().counted(params[i])]
+            if not distributed:
+                norm_grads += grads
+            else:
+                counted = plan.counted if plan is not None else \
+                    [_td().counted(params[i]) for i in present]
+                norm_grads += [g for c, g in zip(counted, grads) if c]
         return work, norm_grads
 
     def _exchange(self):
@@ -1196,6 +1322,11 @@ class _Fused(torch.optim.Optimizer):
         none. Refused (the same on every rank, before any collective): DTensors on two meshes,
         or DTensor and plain params together (a plain param's share would be ambiguous)."""
         params = [p for g in self.param_groups for p in g["params"]]
+        known = self.__dict__.get("_exchange_for")  # (params, their meshes, exchange)
+        if known is not None and len(known[0]) == len(params) and all(
+                p is q and (type(p) is _PARAM or type(p) is _TENSOR or p._spec.mesh is m)
+                for p, q, m in zip(params, known[0], known[1])):
+            return known[2]
         dts = [p for p in params if type(p) is not _PARAM and type(p) is not _TENSOR
                and _is_dtensor(p)]
         if not dts:
@@ -1205,7 +1336,9 @@ class _Fused(torch.optim.Optimizer):
                              "plain-tensor params; the global norm over the ranks needs all "
                              "params to be DTensors (or none)")
         _check_meshes(params, "max_grad_norm/monitor: the optimizer's params")
-        return _td().for_mesh(params[0].device_mesh)
+        exchange = _td().for_mesh(params[0].device_mesh)
+        self._exchange_for = (params, [p._spec.mesh for p in params], exchange)
+        return exchange
 
     def master_params(self) -> list:
         """The values the optimizer steps from, as new float32 tensors, one per param of every

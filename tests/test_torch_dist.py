@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 import traceback
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -251,7 +252,9 @@ def _train_unsharded(cls, kw, steps, *, nan_at=None, monitor=None):
         if nan_at is not None and nan_at[0] == t:
             with torch.no_grad():
                 list(model.parameters())[nan_at[1]].grad[nan_at[2]] = float("nan")
-        returned.append(opt.step())
+        with warnings.catch_warnings():  # the NaN step's skip warning (asserted per rank)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            returned.append(opt.step())
         history.append([p.detach().clone() for p in model.parameters()])
     return history, returned
 
@@ -366,6 +369,7 @@ def _fsdp2_nan(rank, world):
     xs, ys = _data(steps)
     rows = _rows(rank, world)
     norms, local_norms, nan_index, local_changed, after_nan = [], [], None, None, None
+    skipped, warned = [], []
     for t in range(steps):
         opt.zero_grad()
         _loss(model, xs[t, rows], ys[t, rows]).backward()
@@ -378,14 +382,18 @@ def _fsdp2_nan(rank, world):
             nan_index = torch.nonzero(torch.isnan(grad.full_tensor())).tolist()
             before = [p.detach().to_local().clone() for p in params]
         local_norms.append(_local_norm(params))
-        norm = opt.step()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            norm = opt.step()
+        warned += [(t, str(w.message)) for w in caught if w.category is RuntimeWarning]
+        skipped.append(opt.last_step_skipped)
         norms.append(float(norm).hex())
         if t == NAN_STEP:
             local_changed = [not torch.equal(b, p.detach().to_local()) if b.numel() else None
                              for b, p in zip(before, params)]
             after_nan = [_full(p) for p in params]
     return dict(norms=norms, local_norms=local_norms, nan_index=nan_index,
-                local_changed=local_changed, after_nan=after_nan,
+                local_changed=local_changed, after_nan=after_nan, skipped=skipped, warned=warned,
                 final=[_full(p) for p in params], last=float(opt.last_grad_norm).hex(),
                 monitor=dict(norms=[float(n).hex() for n in monitor.norms],
                              clipped=monitor.clipped.tolist(),
@@ -399,7 +407,7 @@ def test_fsdp2_clip_and_nonfinite_decisions_are_global(launches):
     r0 = per_rank[0]
     # every rank saw the same global norm at every step, to the bit, and recorded the same
     for rank, res in enumerate(per_rank[1:], 1):
-        for key in ("norms", "last", "monitor", "nan_index"):
+        for key in ("norms", "last", "monitor", "nan_index", "skipped"):
             assert res[key] == r0[key], f"rank {rank}'s {key} differs from rank 0's"
     assert r0["last"] == r0["norms"][-1]
     assert r0["monitor"]["norms"] == r0["norms"]
@@ -436,23 +444,16 @@ def test_fsdp2_clip_and_nonfinite_decisions_are_global(launches):
             for i, (a, b) in enumerate(zip(got, want)):
                 torch.testing.assert_close(a, b, **F32, equal_nan=True,
                                            msg=lambda m: f"rank {rank}, param {i} {when}: {m}")
-    skipped = all(torch.equal(a, b) for a, b in zip(history[NAN_STEP], history[NAN_STEP - 1]))
-    if skipped:
-        # a skipping policy: no rank changed its shard at that step, and training went on
-        for rank, res in enumerate(per_rank):
-            assert not any(res["local_changed"]), f"rank {rank} wrote during the skipped step"
-            assert all(torch.isfinite(p).all() for p in res["final"])
-            assert any(not torch.equal(a, b) for a, b in zip(res["final"], res["after_nan"]))
-    else:
-        # fastopt.torch's documented policy (torch.optim's): a non-finite norm clips nothing
-        # and the step is taken, on every rank. Only the NaN's own element went non-finite;
-        # every other element, on both ranks, took the unclipped step (rank 0's own shard
-        # norm was above the threshold: clipping there would have missed the reference).
-        for rank, res in enumerate(per_rank):
-            assert all(c is not False for c in res["local_changed"]), \
-                f"rank {rank} left a shard unchanged: {res['local_changed']}"
-            bad = [torch.nonzero(~torch.isfinite(p)).tolist() for p in res["after_nan"]]
-            assert bad == [[[row, col]] if i == NAN_PARAM else [] for i in range(len(bad))], bad
+    # the default policy with max_grad_norm (nonfinite=None: "skip") skipped that step, and
+    # only that one, on every rank, each rank saying so, and the unsharded run skipped it too
+    assert r0["skipped"] == [t == NAN_STEP for t in range(STEPS)]
+    assert all(torch.equal(a, b) for a, b in zip(history[NAN_STEP], history[NAN_STEP - 1]))
+    for rank, res in enumerate(per_rank):
+        assert [t for t, _ in res["warned"]] == [NAN_STEP], (rank, res["warned"])
+        assert "skipped a step" in res["warned"][0][1]
+        assert not any(res["local_changed"]), f"rank {rank} wrote during the skipped step"
+        assert all(torch.isfinite(p).all() for p in res["final"])
+        assert any(not torch.equal(a, b) for a, b in zip(res["final"], res["after_nan"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -633,11 +634,78 @@ def test_bad_dtensor_param_groups_are_refused(launches):
 
 
 # ------------------------------------------------------------------------------------------------
+# A step's cached plan against DTensors changed under it
+# ------------------------------------------------------------------------------------------------
+def _plan_changes(rank, world):
+    """After steps that built the optimizer's plan (and its per-step fast checks): a grad of
+    another layout is refused, a grad the fast checks do not take (non-contiguous shard) is
+    read through the per-tensor path, and a state buffer swapped for another is the one used."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = _shard_fsdp2(_mlp(), mesh)
+    params = list(model.parameters())
+    opt = fot.AdamW(params, lr=1e-2, betas=(0.5, 0.9), max_grad_norm=100.0)
+    gen = torch.Generator().manual_seed(rank)
+
+    def set_grads():
+        for p in params:
+            p.grad = DTensor.from_local(torch.randn(p.to_local().shape, generator=gen),
+                                        mesh, p.placements, shape=p.shape, stride=p.stride())
+    for _ in range(2):
+        set_grads()
+        opt.step()
+    out = {}
+    # 1. a grad replicated where its param is sharded: refused on every rank, nothing written
+    set_grads()
+    w = params[0]
+    w.grad = DTensor.from_local(torch.zeros(w.shape), mesh, [Replicate()], run_check=False)
+    before = [p.detach().to_local().clone() for p in params]
+    try:
+        opt.step()
+        out["placement"] = None
+    except ValueError as e:
+        out["placement"] = str(e)
+    out["placement_wrote"] = any(not torch.equal(b, p.detach().to_local())
+                                 for b, p in zip(before, params))
+    # 2. a non-contiguous local grad shard: read through a copy, the same step as a contiguous
+    set_grads()
+    w = next(p for p in params if p.ndim == 2 and p.to_local().shape[0] > 1)
+    g = w.grad.to_local().clone()
+    w.grad = DTensor.from_local(g.t().contiguous().t(), mesh, w.placements, shape=w.shape,
+                                stride=w.stride(), run_check=False)
+    assert not w.grad.to_local().is_contiguous()
+    m0 = opt.state[w]["exp_avg"].to_local().clone()
+    opt.step()
+    out["noncontig"] = torch.equal(opt.state[w]["exp_avg"].to_local(), 0.5 * m0 + 0.5 * g)
+    # 3. a state buffer replaced by another DTensor of the same layout: the step reads it
+    set_grads()
+    st = opt.state[w]
+    st["exp_avg"] = DTensor.from_local(torch.zeros(w.to_local().shape), mesh, w.placements,
+                                       shape=w.shape, stride=w.stride())
+    g = w.grad.to_local().clone()
+    opt.step()
+    out["swapped"] = torch.equal(opt.state[w]["exp_avg"].to_local(), 0.5 * g)
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp2_plan_notices_changed_grads_and_state(launches):
+    for rank, res in enumerate(_results(launches, 2, "plan_changes")):
+        assert res["placement"] is not None, f"rank {rank}: a replicated grad was accepted"
+        assert "param 0" in res["placement"] and "placed (R)" in res["placement"], res
+        assert not res["placement_wrote"], f"rank {rank} wrote before refusing"
+        assert res["noncontig"], f"rank {rank}: the non-contiguous grad was misread"
+        assert res["swapped"], f"rank {rank}: the step did not read the swapped-in exp_avg"
+
+
+# ------------------------------------------------------------------------------------------------
 # The launches: one per world size, running every check above
 # ------------------------------------------------------------------------------------------------
 CHECKS = {"fsdp2": _fsdp2_train, "fsdp2_nan": _fsdp2_nan, "global_norm": _global_norm_ranks,
-          "ddp": _ddp_train, "bad_groups": _bad_groups}
-SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups"),
+          "ddp": _ddp_train, "bad_groups": _bad_groups, "plan_changes": _plan_changes}
+SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups", "plan_changes"),
           3: ("fsdp2", "global_norm")}
 SUITE_TIMEOUT_S = 240  # a few seconds of work, and up to ~30 s of imports on a busy machine
 

@@ -30,7 +30,7 @@ ALT = {"lr": 0.05, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.1, "momen
        "maximize": True, "decoupled_weight_decay": True, "foreach": True, "fused": True,
        "lr_decay": 0.3, "initial_accumulator_value": 0.4,
        "amsgrad": None, "centered": None, "capturable": None, "differentiable": None}
-OWN = ("max_grad_norm", "monitor", "backend", "semantics", "master_weights", "state_dtype",
+OWN = ("max_grad_norm", "nonfinite", "monitor", "backend", "semantics", "master_weights", "state_dtype",
        "stochastic_rounding", "seed")
 
 
@@ -218,7 +218,8 @@ def test_bad_option_refused_everywhere_naming_it(name, option, value):
 
 FASTOPT_BAD = [("max_grad_norm", v) for v in [0, -1.0, math.nan, math.inf, "1", 10**400, True]] \
     + [("semantics", v) for v in ["optax", 1, None]] \
-    + [("backend", v) for v in ["gpu", 3, "CPP"]] + [("monitor", v) for v in [object(), 1]]
+    + [("backend", v) for v in ["gpu", 3, "CPP"]] + [("monitor", v) for v in [object(), 1]] \
+    + [("nonfinite", v) for v in ["Skip", "warn", 1, True, ["skip"]]]
 
 
 @pytest.mark.parametrize("option,value", FASTOPT_BAD)
@@ -440,10 +441,11 @@ def _torch_save(opt):
 def test_copies_keep_options_and_continue_independently(name, make_copy):
     params = make_params()
     opt = getattr(ft, name)(two_groups(params, lr=0.003), lr=0.01, max_grad_norm=0.5,
-                            monitor=GradNormMonitor(), backend=BACKENDS[-1])
+                            monitor=GradNormMonitor(), backend=BACKENDS[-1], nonfinite="raise")
     run(opt, params, 3)
     dup = make_copy(opt)
-    assert (dup.max_grad_norm, dup.backend, dup.semantics) == (0.5, BACKENDS[-1], "torch")
+    assert (dup.max_grad_norm, dup.backend, dup.semantics, dup.nonfinite) == \
+        (0.5, BACKENDS[-1], "torch", "raise")
     assert isinstance(dup.monitor, GradNormMonitor) and dup.monitor is not opt.monitor
     dparams = [p for g in dup.param_groups for p in g["params"]]
     assert all(p is not q and torch.equal(p, q) for p, q in zip(params, dparams))

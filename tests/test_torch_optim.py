@@ -1,6 +1,7 @@
 """fastopt.torch: the PyTorch drop-in optimizers against torch.optim (foreach=False)."""
 import inspect
 import io
+import math
 import os
 import subprocess
 import sys
@@ -199,6 +200,103 @@ def test_monitor_records_norms():
     opt = ft.SGD(m.parameters(), lr=1e-2, max_grad_norm=0.1, monitor=mon)
     norms = [train_step(m, opt) for _ in range(5)]
     assert len(mon.steps) == 5 and norms[0] > 0
+
+
+# -- non-finite gradients (nonfinite=) -----------------------------------------------------------
+NONFINITE_NAMES = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"]
+
+
+def poisoned_step(model, opt, value=float("nan"), where=5):
+    """A training step whose first param's grad holds ``value`` at flat index ``where``."""
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(X), Y).backward()
+    next(model.parameters()).grad.view(-1)[where] = value
+    return opt.step()
+
+
+def snapshot(model, opt):
+    import copy
+
+    return [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(model, opt, snap):
+    params, sd = snap
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    now = opt.state_dict()
+    assert now["param_groups"] == sd["param_groups"] and now["state"].keys() == sd["state"].keys()
+    for k, entry in sd["state"].items():
+        assert now["state"][k].keys() == entry.keys()
+        for key, v in entry.items():
+            w = now["state"][k][key]
+            assert torch.equal(w, v) if torch.is_tensor(v) else w == v, (k, key)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("kw", [dict(max_grad_norm=1.0), dict(nonfinite="skip"),
+                                dict(max_grad_norm=1.0, nonfinite="skip"), "monitor"],
+                         ids=["clip-default", "skip", "clip-skip", "monitor-default"])
+@pytest.mark.parametrize("name", NONFINITE_NAMES)
+def test_nonfinite_norm_skips_the_step_and_training_goes_on(name, kw, value):
+    from fastopt import GradNormMonitor
+
+    def make(model):
+        opts = dict(monitor=GradNormMonitor()) if kw == "monitor" else dict(kw)
+        return getattr(ft, name)(model.parameters(), lr=1e-2, **opts)
+
+    a, b = make_model(), make_model()
+    ours, ref = make(a), make(b)
+    for first in (True, False):  # before any state exists, then with state
+        snap = snapshot(a, ours)
+        with pytest.warns(RuntimeWarning, match="skipped a step"):
+            norm = poisoned_step(a, ours, value)
+        assert ours.last_step_skipped and float(norm).hex() == float(value).hex()
+        assert float(ours.last_grad_norm).hex() == float(value).hex()
+        assert_unchanged(a, ours, snap)
+        if kw == "monitor":
+            assert ours.monitor.nonfinite_count == (1 if first else 2)
+        for _ in range(3):  # the run that skipped is the run that never saw the bad batch
+            assert math.isfinite(train_step(a, ours)) and not ours.last_step_skipped
+            train_step(b, ref)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    counted = ours.state_dict()["state"].get(0, {})
+    if name not in ("SGD", "Lion"):  # (they count no steps)
+        assert int(counted["step"]) == 6  # the two skipped steps were not counted
+
+
+@pytest.mark.parametrize("name", NONFINITE_NAMES)
+def test_nonfinite_raise_writes_nothing(name):
+    m = make_model()
+    opt = getattr(ft, name)(m.parameters(), lr=1e-2, nonfinite="raise")
+    assert math.isfinite(train_step(m, opt))  # "raise" takes the norm: step() returns it
+    snap = snapshot(m, opt)
+    with pytest.raises(FloatingPointError, match="nothing was updated"):
+        poisoned_step(m, opt, float("-inf"))
+    assert_unchanged(m, opt, snap)
+    assert math.isinf(opt.last_grad_norm)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(nonfinite="ignore", max_grad_norm=1.0)],
+                         ids=["default-no-norm", "ignore"])
+def test_nonfinite_ignored_takes_the_step_as_torch_does(kw):
+    """No check: torch.optim's behaviour, the bad value flows into its own param element (a
+    non-finite norm clips nothing), every other element takes its step."""
+    a, b = make_model(), make_model()
+    ours = ft.Adam(a.parameters(), lr=1e-2, **kw)
+    ref = torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no skip warning
+        norm = poisoned_step(a, ours)
+    poisoned_step(b, ref)
+    assert not ours.last_step_skipped
+    assert (norm is None) == (not kw) and (norm is None or math.isnan(norm))
+    pa, pb = next(a.parameters()), next(b.parameters())
+    assert torch.isnan(pa.view(-1)[5]) and torch.isnan(pb.view(-1)[5])
+    assert int(torch.isnan(pa).sum()) == 1
+    for p, q in zip(a.parameters(), b.parameters()):  # NaN where torch has NaN, same elsewhere
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 def test_refuses_non_contiguous_params():
@@ -513,7 +611,8 @@ def test_lion_signature_defaults_and_options():
         ("params", P.POSITIONAL_OR_KEYWORD, P.empty), ("lr", P.POSITIONAL_OR_KEYWORD, 1e-4),
         ("betas", P.POSITIONAL_OR_KEYWORD, (0.9, 0.99)),
         ("weight_decay", P.POSITIONAL_OR_KEYWORD, 0.0), ("maximize", P.KEYWORD_ONLY, False),
-        ("max_grad_norm", P.KEYWORD_ONLY, None), ("monitor", P.KEYWORD_ONLY, None),
+        ("max_grad_norm", P.KEYWORD_ONLY, None), ("nonfinite", P.KEYWORD_ONLY, None),
+        ("monitor", P.KEYWORD_ONLY, None),
         ("backend", P.KEYWORD_ONLY, None), ("semantics", P.KEYWORD_ONLY, "torch"),
         ("master_weights", P.KEYWORD_ONLY, False), ("state_dtype", P.KEYWORD_ONLY, "float32"),
         ("stochastic_rounding", P.KEYWORD_ONLY, False), ("seed", P.KEYWORD_ONLY, 0)]
