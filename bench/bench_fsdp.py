@@ -27,7 +27,9 @@ that raises (on any rank) is reported as FAILED with the first line of its error
 others still run. "vs torch fused" compares like with like: a clipped contender against
 torch fused AdamW + clip_grad_norm_, an unclipped one against torch fused AdamW.
 Targets: fastopt.torch.AdamW with clipping >= 3x torch fused AdamW + clip_grad_norm_, and
-fastopt's (unclipped) step >= 80 % of the ceiling.
+fastopt's (unclipped) step >= 80 % of the ceiling. The report also prints the best clipped
+ratio this machine allows: torch's clipped time over the ceiling scaled to 32 B per element
+(a clipped step must read the grads for the norm before its update pass can start).
 
 Each rank runs OMP_NUM_THREADS threads (default: cores // ranks) in torch and in fastopt.
 """
@@ -45,6 +47,7 @@ import traceback
 import torch
 
 BYTES = 28  # AdamW: read param, grad, m, v; write param, m, v (float32)
+CLIP_BYTES = 32  # and the norm's read of the grad before the update
 CEILING = "ceiling (stream 4r/3w)"
 FUSED, FUSED_CLIP = "torch AdamW fused", "torch AdamW fused + clip"
 FASTOPT, FASTOPT_CLIP = "fastopt.torch.AdamW", "fastopt.torch.AdamW clip=1"
@@ -315,6 +318,14 @@ def report(args, info, med, rank_med, steps, failed):
             verdict = f"MISS (not measured: {why})"
         print(f"{label}: {verdict}")
 
+    # what the clipped ratio can be at best on this machine: a clipped step reads the grads
+    # once for the norm before the update can start (4 + 28 B per element), so it cannot beat
+    # the ceiling scaled to that traffic
+    bound = med[FUSED_CLIP] / (ceil * CLIP_BYTES / BYTES) if FUSED_CLIP in med and ceil \
+        else None
+    if bound is not None:
+        print(f"attainable at best with clipping: {bound:.2f}x torch fused + clip_grad_norm_ "
+              f"(its time over the ceiling scaled to {CLIP_BYTES} B/element)")
     x = med[FUSED_CLIP] / med[FASTOPT_CLIP] if FASTOPT_CLIP in med and FUSED_CLIP in med \
         else None
     target("clip_speedup", "fastopt.torch.AdamW with clipping >= 3x torch fused AdamW + "
@@ -325,7 +336,8 @@ def report(args, info, med, rank_med, steps, failed):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**info, "bytes_per_element": BYTES, "ceiling_ms": None if ceil is None
-                       else ceil * 1e3, "rows": rows, "targets": targets}, f, indent=1)
+                       else ceil * 1e3, "clip_ratio_bound": bound, "rows": rows,
+                       "targets": targets}, f, indent=1)
         print(f"wrote {args.json}")
 
 

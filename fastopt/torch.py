@@ -1323,19 +1323,20 @@ class _Fused(torch.optim.Optimizer):
         or DTensor and plain params together (a plain param's share would be ambiguous)."""
         params = [p for g in self.param_groups for p in g["params"]]
         known = self.__dict__.get("_exchange_for")  # (params, their meshes, exchange)
-        if known is not None and len(known[0]) == len(params) and all(
-                p is q and (type(p) is _PARAM or type(p) is _TENSOR or p._spec.mesh is m)
-                for p, q, m in zip(params, known[0], known[1])):
+        if (known is not None and len(known[0]) == len(params)
+                and all(map(is_, params, known[0]))
+                and all(map(is_, map(_MESH, map(_SPEC, params)), known[1]))):
             return known[2]
         dts = [p for p in params if type(p) is not _PARAM and type(p) is not _TENSOR
                and _is_dtensor(p)]
         if not dts:
             return None
         if len(dts) != len(params):
-            raise ValueError("max_grad_norm/monitor: the optimizer holds DTensor and "
-                             "plain-tensor params; the global norm over the ranks needs all "
-                             "params to be DTensors (or none)")
-        _check_meshes(params, "max_grad_norm/monitor: the optimizer's params")
+            raise ValueError("the global norm (max_grad_norm, monitor, nonfinite): the optimizer "
+                             "holds DTensor and plain-tensor params; the global norm over the "
+                             "ranks needs all params to be DTensors (or none)")
+        _check_meshes(params, "the global norm (max_grad_norm, monitor, nonfinite): the "
+                              "optimizer's params")
         exchange = _td().for_mesh(params[0].device_mesh)
         self._exchange_for = (params, [p._spec.mesh for p in params], exchange)
         return exchange

@@ -581,14 +581,16 @@ def test_zero_redundancy_optimizer_with_fastopt_adamw(launches):
 # ------------------------------------------------------------------------------------------------
 # Bad DTensor param groups: refused before anything is written
 # ------------------------------------------------------------------------------------------------
-def _attempt(params):
-    """Build an AdamW on ``params`` and step it; the ValueError's text (None if none), and
-    whether anything (params, state) was written."""
+def _attempt(params, groups=None):
+    """Build an AdamW on ``params`` (in param ``groups`` of these sizes, if given) and step it;
+    the ValueError's text (None if none), and whether anything (params, state) was written."""
     before = [p.detach().to_local().clone() if hasattr(p, "to_local") else p.detach().clone()
               for p in params]
     opt, msg = None, None
+    arg = params if groups is None else \
+        [{"params": params[sum(groups[:i]):sum(groups[:i + 1])]} for i in range(len(groups))]
     try:
-        opt = fot.AdamW(params, lr=1e-2, max_grad_norm=1.0)
+        opt = fot.AdamW(arg, lr=1e-2, max_grad_norm=1.0)
         for p in params:
             p.grad = torch.ones_like(p)
         opt.step()
@@ -614,6 +616,9 @@ def _bad_groups(rank, world):
     return dict(
         mixed=_attempt([on(dp, 5, 3), on(dp, 7), nn.Parameter(torch.randn(2, 2))]),
         two_meshes=_attempt([on(dp, 5, 3), on(dp, 7), on(tp, 4, placement=Replicate())]),
+        # each group is fine on its own; the global norm over both is not
+        mixed_groups=_attempt([on(dp, 5, 3), on(dp, 7), nn.Parameter(torch.randn(2, 2))],
+                              groups=(2, 1)),
         ok=_attempt([on(dp, 5, 3), on(dp, 7)]),
     )
 
@@ -628,6 +633,9 @@ def test_bad_dtensor_param_groups_are_refused(launches):
         msg, written = res["two_meshes"]
         assert msg is not None, f"rank {rank}: params on two meshes in one group were accepted"
         assert "mesh" in msg.lower(), msg
+        assert not written, f"rank {rank}: something was written before the refusal"
+        msg, written = res["mixed_groups"]
+        assert msg is not None and "DTensor and plain-tensor params" in str(msg), (rank, msg)
         assert not written, f"rank {rank}: something was written before the refusal"
         msg, written = res["ok"]  # the control: one mesh, all DTensors, steps
         assert msg is None and written, (rank, msg)
@@ -745,3 +753,36 @@ def _results(launches, world, check):
             raise AssertionError(f"{check} raised on rank {rank} of {world}:\n{value}")
         per_rank.append(value)
     return per_rank
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/bench_fsdp.py runs end to end (figures are not asserted: they are measured, not tested)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_fsdp_runs_every_contender(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import fastopt_env, fastopt_parent
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "fsdp.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "bench", "bench_fsdp.py"), "--quick", "--repeats",
+         "2", "--warmup", "1", "--timeout", "240", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=fastopt_env(), cwd=fastopt_parent())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(out.read_text())
+    assert got["world"] == 2 and got["tensors"] == 387
+    rows = {r["contender"]: r for r in got["rows"]}
+    assert len(rows) == 7 and all(r["status"] == "ok" for r in rows.values()), rows
+    for r in rows.values():
+        assert r["ms"] > 0 and len(r["step_ms"]) == 2 and len(r["rank_median_ms"]) == 2
+    ceiling = rows["ceiling (stream 4r/3w)"]["ms"]
+    assert got["ceiling_ms"] == ceiling and got["clip_ratio_bound"] == pytest.approx(
+        rows["torch AdamW fused + clip"]["ms"] / (ceiling * 32 / 28))
+    assert set(got["targets"]) == {"clip_speedup", "pct_ceiling"}
+    for line in ("fastopt.torch.AdamW with clipping >= 3x", "fastopt step >= 80 % of the ceiling",
+                 "attainable at best with clipping"):
+        assert line in proc.stdout, proc.stdout
