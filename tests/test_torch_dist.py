@@ -342,6 +342,49 @@ def test_fsdp2_matches_unsharded(launches, world, name):
 
 
 # ------------------------------------------------------------------------------------------------
+# HSDP (FSDP2 on a 2-D mesh: Replicate() x Shard(0)): replicated shards counted once in the norm
+# ------------------------------------------------------------------------------------------------
+HSDP_KW = dict(lr=1e-2, weight_decay=0.01, max_grad_norm=0.8)
+
+
+def _hsdp_train(rank, world):
+    """FSDP2's hybrid sharding: the mesh's first dimension (2) replicates, its second
+    (world / 2) shards. Returns the norms step() returned, the full params, and the params'
+    placements."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+    model = _shard_fsdp2(_mlp(), mesh)
+    params = list(model.parameters())
+    opt = fot.AdamW(params, **HSDP_KW)
+    xs, ys = _data(STEPS)
+    rows = _rows(rank, world)
+    norms = []
+    for t in range(STEPS):
+        opt.zero_grad()
+        _loss(model, xs[t, rows], ys[t, rows]).backward()
+        norms.append(float(opt.step()).hex())
+    return dict(norms=norms, final=[_full(p) for p in params],
+                placements=[tuple(str(pl) for pl in p.placements) for p in params])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_hsdp_norm_counts_replicas_once_and_matches_unsharded(launches, world):
+    per_rank = _results(launches, world, "hsdp")
+    history, returned = _train_unsharded(fot.AdamW, HSDP_KW, STEPS)
+    for rank, res in enumerate(per_rank):
+        assert all(pl == ("R", "S(0)") for pl in res["placements"]), res["placements"]
+        assert res["norms"] == per_rank[0]["norms"], f"rank {rank}'s norms differ from rank 0's"
+        # the norm of the whole gradient: a replicated shard counted twice would give sqrt(2)x
+        for t, (got, want) in enumerate(zip(res["norms"], returned)):
+            assert math.isclose(float.fromhex(got), want, rel_tol=1e-5), (rank, t, got, want)
+        for i, (got, want) in enumerate(zip(res["final"], history[-1])):
+            torch.testing.assert_close(got, want, **F32,
+                                       msg=lambda m: f"HSDP rank {rank}, param {i}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
 # FSDP2: clip and non-finite decisions are global, the same on every rank
 # ------------------------------------------------------------------------------------------------
 NAN_STEP, NAN_RANK, NAN_PARAM = 3, 1, 0  # rank 1's local shard of the first weight, at step 3
@@ -712,9 +755,10 @@ def test_fsdp2_plan_notices_changed_grads_and_state(launches):
 # The launches: one per world size, running every check above
 # ------------------------------------------------------------------------------------------------
 CHECKS = {"fsdp2": _fsdp2_train, "fsdp2_nan": _fsdp2_nan, "global_norm": _global_norm_ranks,
-          "ddp": _ddp_train, "bad_groups": _bad_groups, "plan_changes": _plan_changes}
-SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups", "plan_changes"),
-          3: ("fsdp2", "global_norm")}
+          "ddp": _ddp_train, "bad_groups": _bad_groups, "plan_changes": _plan_changes,
+          "hsdp": _hsdp_train}
+SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups", "plan_changes", "hsdp"),
+          3: ("fsdp2", "global_norm"), 4: ("hsdp",)}
 SUITE_TIMEOUT_S = 240  # a few seconds of work, and up to ~30 s of imports on a busy machine
 
 
