@@ -131,6 +131,10 @@ buffers (``exp_avg``, ..., masters) are DTensors of its mesh, placements, shape 
 torch's optimizers keep them, so ``torch.distributed.checkpoint.state_dict`` saves and loads them
 (a loaded DTensor's local shard is what is checked and copied; a plain tensor is refused for a
 DTensor param, and a DTensor for a plain one). ``step`` stays a plain tensor.
+Compact precision works on DTensor params as on plain ones (elementwise on the local shards,
+so round-to-nearest storage gives the unsharded run's bits), except 8-bit state (below); under
+``stochastic_rounding`` each shard's random streams are keyed by its local element index, so
+the bits are reproducible at a given world size and differ (by rounding noise) at another.
 Refused, before anything is written, with the param named: a ``Partial`` placement (or any but
 Shard and Replicate); one param group holding DTensors of two meshes, or DTensor and plain
 params; a grad that is not a DTensor of its param's mesh and placements (or a DTensor grad of a

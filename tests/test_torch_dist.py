@@ -285,6 +285,9 @@ FSDP_CASES = {
     "AdamW": (fot.AdamW, dict(lr=1e-2, weight_decay=0.01, max_grad_norm=0.8)),
     "Adam": (fot.Adam, dict(lr=1e-2)),
     "SGD": (fot.SGD, dict(lr=1e-2, momentum=0.9)),
+    # compact state on DTensors: bfloat16 moments, rounded to nearest (elementwise, so the
+    # shards' rounding is the unsharded run's)
+    "AdamW bf16 state": (fot.AdamW, dict(lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")),
 }
 
 
@@ -339,6 +342,53 @@ def test_fsdp2_matches_unsharded(launches, world, name):
     # it trained: the params moved from their initial values
     init = [p.detach() for p in _mlp().parameters()]
     assert max((a - b).abs().max().item() for a, b in zip(first, init)) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# FSDP2 with stochastic rounding: reproducible bits, and the unsharded run's trajectory up to
+# the rounding noise (each shard's random streams are keyed by its local element index)
+# ------------------------------------------------------------------------------------------------
+SR_KW = dict(lr=1e-2, weight_decay=0.01, state_dtype="bfloat16", stochastic_rounding=True,
+             seed=11)
+
+
+def _fsdp2_sr(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    xs, ys = _data(STEPS)
+    rows = _rows(rank, world)
+    runs = []
+    for _ in range(2):  # twice, from scratch: the same bits
+        model = _shard_fsdp2(_mlp(), mesh)
+        params = list(model.parameters())
+        opt = fot.AdamW(params, **SR_KW)
+        for t in range(STEPS):
+            opt.zero_grad()
+            _loss(model, xs[t, rows], ys[t, rows]).backward()
+            opt.step()
+        runs.append(dict(params=[_full(p) for p in params],
+                         exp_avg=[_full(opt.state[p]["exp_avg"]) for p in params]))
+    return runs
+
+
+@pytest.mark.slow
+def test_fsdp2_stochastic_rounding_is_reproducible_and_tracks_unsharded(launches):
+    per_rank = _results(launches, 2, "fsdp2_sr")
+    history = _train_unsharded(fot.AdamW, SR_KW, STEPS)[0]
+    plain = _train_unsharded(fot.AdamW, dict(lr=1e-2, weight_decay=0.01), STEPS)[0][-1]
+    for rank, (a, b) in enumerate(per_rank):
+        assert all(m.dtype == torch.bfloat16 for m in a["exp_avg"])
+        for x, y in zip(a["params"] + a["exp_avg"], b["params"] + b["exp_avg"]):
+            assert torch.equal(x, y), f"rank {rank}: two runs gave different bits"
+        for x, y in zip(a["params"], per_rank[0][0]["params"]):
+            assert torch.equal(x, y), f"rank {rank}'s full params differ from rank 0's"
+        # the sharded run's rounding differs from the unsharded one's, but only by the noise
+        # stochastic rounding adds: both stay as close to float32 state's trajectory
+        for i, (x, y, z) in enumerate(zip(a["params"], history[-1], plain)):
+            assert (x - z).abs().max() < 2e-3 and (y - z).abs().max() < 2e-3, i
+            assert (x - z).abs().max() < 4 * (y - z).abs().max() + 1e-4, i
+    assert any(not torch.equal(x, y) for x, y in zip(per_rank[0][0]["params"], history[-1]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -756,8 +806,9 @@ def test_fsdp2_plan_notices_changed_grads_and_state(launches):
 # ------------------------------------------------------------------------------------------------
 CHECKS = {"fsdp2": _fsdp2_train, "fsdp2_nan": _fsdp2_nan, "global_norm": _global_norm_ranks,
           "ddp": _ddp_train, "bad_groups": _bad_groups, "plan_changes": _plan_changes,
-          "hsdp": _hsdp_train}
-SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups", "plan_changes", "hsdp"),
+          "hsdp": _hsdp_train, "fsdp2_sr": _fsdp2_sr}
+SUITES = {2: ("fsdp2", "fsdp2_nan", "global_norm", "ddp", "bad_groups", "plan_changes", "hsdp",
+              "fsdp2_sr"),
           3: ("fsdp2", "global_norm"), 4: ("hsdp",)}
 SUITE_TIMEOUT_S = 240  # a few seconds of work, and up to ~30 s of imports on a busy machine
 
