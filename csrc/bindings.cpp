@@ -104,6 +104,30 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("ref"), py::arg("other"),
      "other's data addresses if it matches ref array by array (type, dtype, shape, "
      "C-contiguous; ref writable), else None.");
+  m.def("host_views", [](const py::list& owners, const std::vector<uintptr_t>& ptrs,
+                         const py::list& like) -> py::list {
+    // fastopt.torch's grads, viewed without torch's .numpy() (a few microseconds a tensor,
+    // most of a step's Python time on a sharded model): view i is an ndarray of like[i]'s
+    // dtype and shape over the memory at ptrs[i], C-contiguous, kept alive by owners[i] (its
+    // base). The caller has checked that owners[i] holds that many contiguous elements of
+    // that dtype at ptrs[i] (torch tensors' data_ptr(), dtype, shape and contiguity).
+    const size_t n = like.size();
+    if (owners.size() != n || ptrs.size() != n)
+      throw py::value_error("owners, ptrs and like must have one entry per view");
+    py::list out(n);
+    for (size_t i = 0; i < n; ++i) {
+      PyObject* a = PyList_GET_ITEM(like.ptr(), i);
+      if (!py::isinstance<py::array>(a)) throw py::type_error("like holds ndarrays only");
+      auto A = py::reinterpret_borrow<py::array>(a);
+      std::vector<py::ssize_t> shape(A.shape(), A.shape() + A.ndim());
+      if (ptrs[i] == 0 && A.size() != 0) throw py::value_error("a null pointer with elements");
+      py::array v(A.dtype(), shape, reinterpret_cast<void*>(ptrs[i]),
+                  py::reinterpret_borrow<py::object>(PyList_GET_ITEM(owners.ptr(), i)));
+      PyList_SET_ITEM(out.ptr(), i, v.release().ptr());
+    }
+    return out;
+  }, py::arg("owners"), py::arg("ptrs"), py::arg("like"),
+     "ndarrays over foreign host memory, shaped and typed as like[i], based on owners[i].");
   m.def("kernel_addresses", &kernel_addresses, py::arg("lists"), py::arg("names"),
         py::arg("written"),
         "Checked data addresses for the Numba kernels: every list like the first (dtype, "

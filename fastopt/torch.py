@@ -172,7 +172,7 @@ from operator import attrgetter, is_, is_not
 import numpy as np
 import torch
 
-from . import _dispatch
+from . import _dispatch, _native
 from . import functional as F
 from . import _precision, _rules
 from ._registry import ALL_BACKENDS, CPU_BACKENDS, Scalars
@@ -545,7 +545,7 @@ class _Plan:
     __slots__ = ("present", "layout", "offset", "params", "entries", "buckets", "counted",
                  "locals", "ptrs", "shapes", "dtypes", "dts", "dt_locals", "h_entries",
                  "h_keys", "h_objs", "h_locals", "h_ptrs", "h_dts", "h_dt_locals", "meshes",
-                 "placements", "global_shapes", "host")
+                 "placements", "global_shapes", "host", "like")
 
     def __init__(self, present, layout, offset):
         self.present, self.layout, self.offset = present, layout, offset
@@ -560,6 +560,7 @@ class _Plan:
         self.entries.append(entry)
         self.counted.append(counted)
         self.locals.append(lp)
+        self.like.append(_view(lp) if lp.device.type == "cpu" else None)
         self.ptrs.append(lp.data_ptr())
         self.shapes.append(lp.shape)
         self.dtypes.append(lp.dtype)
@@ -608,13 +609,15 @@ class _Plan:
             return False
         return not any(b.stale() for b in self.buckets)
 
-    def grads(self):
-        """NumPy views of the present params' grads when every one is what this plan expects
+    def grads(self, all_grads):
+        """NumPy views of the present params' grads (``all_grads``: the grads of every param of
+        the group, None for none) when every one is what this plan expects
         (for a DTensor param: a DTensor of its mesh, placements and global shape around a
         plain shard; then: a contiguous dense CPU tensor of the param's local shape and dtype,
         not requiring grad), else None (the per-tensor path checks them and says what is
         wrong). Only for plans that ``host``."""
-        gs = list(map(_GRAD, self.params))
+        gs = all_grads if len(self.present) == len(all_grads) else \
+            list(map(all_grads.__getitem__, self.present))
         if self.dts:
             if not all(map(is_, map(type, gs), repeat(_DTENSOR[0]))):
                 return None
@@ -635,7 +638,12 @@ class _Plan:
                 and all(map(is_, map(_LAYOUT, gs), repeat(torch.strided)))
                 and not any(map(_IS_CUDA, gs)) and not any(map(_REQUIRES_GRAD, gs))
                 and all(map(_IS_CONTIGUOUS, gs))):
-            return list(map(_NUMPY, gs))
+            ext = _native.cpu()
+            if ext is None:  # no C++ extension: torch's own views
+                return list(map(_NUMPY, gs))
+            # views shaped and typed as the params' (checked just above), over each grad's
+            # memory, each keeping its grad alive: torch's .numpy() costs a few us a tensor
+            return ext.host_views(gs, list(map(_DATA_PTR, gs)), self.like)
         return None
 
 
@@ -1271,8 +1279,8 @@ class _Fused(torch.optim.Optimizer):
             h = self._hyper(group, where)
             params = group["params"]
             offset, group_offset = offset + len(params), offset
-            present = tuple(compress(range(len(params)),
-                                     map(is_not, map(_GRAD, params), repeat(None))))
+            all_grads = list(map(_GRAD, params))
+            present = tuple(compress(range(len(params)), map(is_not, all_grads, repeat(None))))
             if not present:
                 continue
             layout = tuple(key for _, key, _, _ in self._tensors(h))
@@ -1286,7 +1294,7 @@ class _Fused(torch.optim.Optimizer):
                 _check_meshes(params, f"param group {gi}")
                 _check_disjoint([params[i] for i in present], f"param group {gi}")
             # the common case: every grad as the plan expects it, checked in a few maps
-            grads = plan.grads() if plan is not None and plan.host else None
+            grads = plan.grads(all_grads) if plan is not None and plan.host else None
             if grads is None:
                 grads = []
                 for i in present:

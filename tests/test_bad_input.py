@@ -218,3 +218,42 @@ def test_native_fast_check_accepts_only_exact_matches():
     ro = [a.copy() for a in p]
     ro[1].flags.writeable = False
     assert _C.like_addresses(ro, g) is None
+
+
+def test_native_host_views_view_the_memory_and_keep_it_alive():
+    """_C.host_views (fastopt.torch's grads without torch's .numpy()): view i has like[i]'s
+    dtype and shape over ptrs[i], keeps owners[i] alive, and mismatched lists are refused."""
+    if fastopt._dispatch.unavailable_reason("cpp"):
+        pytest.skip(fastopt._dispatch.unavailable_reason("cpp"))
+    import gc
+    import weakref
+
+    from fastopt import _C
+    from fastopt._validate import data_addresses
+
+    class Owner:  # stands for a torch tensor: something whose lifetime holds the memory
+        def __init__(self, a):
+            self.a = a
+
+    like = [np.zeros((2, 3), np.float32), np.zeros(4), np.zeros(0, np.float16)]
+    src = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(4.0), np.zeros(0, np.float16)]
+    owners = [Owner(a) for a in src]
+    views = _C.host_views(owners, data_addresses(src), like)
+    for v, a, w, o in zip(views, src, like, owners):
+        assert type(v) is np.ndarray and v.dtype == w.dtype and v.shape == w.shape
+        assert v.flags.c_contiguous and np.array_equal(v, a) and v.base is o
+    views[0][1, 2] = 42.0  # the same memory
+    assert src[0][1, 2] == 42.0
+    ref = weakref.ref(owners[1])
+    del owners, src
+    gc.collect()
+    assert ref() is not None and np.array_equal(views[1], np.arange(4.0))  # kept alive
+    del views
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(ValueError, match="one entry per view"):
+        _C.host_views([Owner(1)], [1, 2], like[:1])
+    with pytest.raises(TypeError, match="ndarrays"):
+        _C.host_views([Owner(1)], [1], [[1.0]])
+    with pytest.raises(ValueError, match="null"):
+        _C.host_views([Owner(1)], [0], like[:1])
