@@ -387,7 +387,7 @@ def main(argv=None):
     ap.add_argument("--nproc", type=int, default=2,
                     help="ranks to spawn (default 2; ignored under torchrun)")
     ap.add_argument("--quick", action="store_true", help="d_model 128 (~5.8M params)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (15; --quick 7)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (15; --quick 21)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per contender first")
     ap.add_argument("--gap", type=float, default=0.002, help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=900.0,
@@ -397,7 +397,7 @@ def main(argv=None):
     ap.add_argument("--json", help="write every figure here (rank 0)")
     args = ap.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 7 if args.quick else 15
+        args.repeats = 21 if args.quick else 15
     if args.repeats < 1 or args.warmup < 0 or args.nproc < 1:
         ap.error("--repeats and --nproc must be >= 1, --warmup >= 0")
     if args.json:
