@@ -148,10 +148,9 @@ always; a shard ``Replicate()``-d on a mesh dimension counts only on the rank at
 there (replicated data is counted once). The S_r are all-gathered and every rank adds them itself
 in rank order, so every rank gets the same bits, run after run, and takes the same clip
 decision; NaN and inf propagate, so a NaN in one rank's grads gives every rank a NaN norm (which
-clips nothing, and is skipped by the default ``nonfinite``: on every rank). The exchange
-carries a failure flag: a rank that refuses its input
-raises its own error and the others a ValueError saying another rank failed (none waits in the
-collective). All params of such an optimizer must then be DTensors of one mesh.
+clips nothing, and which the default ``nonfinite`` skips, on every rank). The exchange carries a
+failure flag: a rank that refuses its input raises its own error and the others a ValueError
+saying another rank failed (none waits in the collective). All params of such an optimizer must then be DTensors of one mesh.
 
 This module imports torch; ``import fastopt`` does not, and torch.distributed helpers
 (fastopt/_torchdist.py) are imported only once a DTensor is seen.
@@ -667,14 +666,12 @@ class _Fused(torch.optim.Optimizer):
         cls._torch_defaults = dict(base([torch.zeros(1, requires_grad=True)]).defaults)
         own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
                for n, d in (("max_grad_norm", None), ("nonfinite", None), ("monitor", None),
-                            ("backend", None),
-                            ("semantics", "torch")) + _PRECISION]
+                            ("backend", None), ("semantics", "torch")) + _PRECISION]
         cls.__signature__ = cls._torch_signature.replace(
             parameters=list(cls._torch_signature.parameters.values()) + own)
 
     def __init__(self, params, *args, max_grad_norm=None, nonfinite=None, monitor=None,
-                 backend=None,
-                 semantics="torch", master_weights=False, state_dtype="float32",
+                 backend=None, semantics="torch", master_weights=False, state_dtype="float32",
                  stochastic_rounding=False, seed=0, **kwargs):
         bound = self._torch_signature.bind(params, *args, **kwargs)  # TypeError as in torch
         given = {n: v for n, v in bound.arguments.items() if n != "params"}
