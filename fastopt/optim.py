@@ -52,6 +52,16 @@ __all__ = ["Optimizer", "StepResult", "SGD", "Momentum", "Nesterov", "RMSProp", 
 
 _NONFINITE = ("skip", "raise", "ignore")
 _P = inspect.Parameter
+
+
+def _any_negative(v) -> bool:
+    """Whether a float state array holds a value below 0 once read as float32 (a tiny negative
+    float64 reads as -0.0, which is fine; one beyond float32's range reads as -inf, which is
+    not, and must not warn on the way)."""
+    with np.errstate(over="ignore"):
+        return bool(np.any(v.astype(np.float32) < 0))
+
+
 #: The arguments every optimizer takes besides the rule's own (keyword-only).
 _COMMON = (("backend", None), ("max_grad_norm", None), ("nonfinite", "skip"), ("monitor", None),
            ("comm", None), ("master_weights", False), ("state_dtype", "float32"),
@@ -578,7 +588,7 @@ class Optimizer:
                 raise ValueError(f"state dict '{name}.{i}' has shape {v.shape} and dtype "
                                  f"{v.dtype}; expected {tuple(a.shape)} and {dtype_of(a)}")
             if (name in _rules.RULES[self.rule].nonnegative or name.endswith("_absmax")) \
-                    and v.dtype.kind == "f" and np.any(v.astype(np.float32) < 0):
+                    and v.dtype.kind == "f" and _any_negative(v):
                 raise ValueError(f"state dict '{name}.{i}' holds negative values; it is "
                                  + ("a block's largest magnitude" if name.endswith("_absmax")
                                     else "a running mean of squares") +

@@ -355,3 +355,21 @@ def test_copies_and_pickles_continue_independently():
         o.step(arrays(2))
     assert all(snapshot(o.params) == snapshot(p) for o in copies)
     assert all(o.params[0] is not p[0] and o.step_count == 2 for o in copies)
+
+
+def test_a_negative_second_moment_beyond_float32_is_refused_without_a_warning():
+    """float64 state is checked for negative values through a float32 cast (the storage of
+    16-bit and float32 optimizers); a value beyond float32's range must not warn on the way."""
+    import warnings
+
+    import fastopt
+
+    p = [np.ones(5)]
+    opt = fastopt.Adam(p, 1e-3)
+    opt.step([np.full(5, 0.5)])
+    sd = opt.state_dict()
+    sd["v.0"] = np.full(5, -1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="negative"):
+            opt.load_state_dict(sd)
