@@ -176,6 +176,7 @@ from . import functional as F
 from . import _precision, _rules
 from ._registry import ALL_BACKENDS, CPU_BACKENDS, Scalars
 from ._validate import MAX_STEP, Exclusive, dtype_of, real
+from .optim import _NONFINITE  # the policies fastopt's own optimizers take (SPEC §3)
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "NAdam", "Adagrad", "Lion"]
 
@@ -195,7 +196,6 @@ _PRECISION = (("master_weights", False), ("state_dtype", "float32"),
 _MASTER_KEYS = {True: ("master_param", torch.float32),
                 "remainder": ("param_remainder", torch.int16)}
 _SEMANTICS = ("torch", "fastopt")
-_NONFINITE = ("skip", "raise", "ignore")
 #: float64 counts are exact to MAX_STEP, where torch's float32 ones stop at 2**24
 _STEP_DTYPE = torch.float64
 
